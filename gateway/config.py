@@ -1,0 +1,301 @@
+"""The model registry: one TOML file describing backends, models, oracles and the router.
+
+    [server]        host, port, api_keys, max_request_bytes, log_level
+    [router]        policy and thresholds; default_model (where ``oracle-council`` goes)
+    [[oracles]]     name, aspect, description, default_model
+    [[backends]]    name, kind (openai|ollama|local|litellm), base_url, api_key, timeouts,
+                    retries, circuit breaker; kind-specific keys under ``options``
+    [[models]]      name, backend, upstream_model, oracle, deployed, fallbacks, system_prompt,
+                    parameters, deployments (extra replicas)
+
+``load_config(path)`` parses and validates; every problem is reported as a ``ConfigError``
+whose message names the file, the table and the key. Values of the form ``env:NAME`` (API
+keys) are read from the environment when used, never stored in logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+MASTER_SWORD = "master-sword"
+ROUTER_MODEL = "oracle-council"
+DEFAULT_CONFIG_RESOURCE = "default.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Seconds. ``read`` bounds the wait for each chunk (and the first byte); ``total`` bounds
+    a whole non-streaming request."""
+
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(120.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class CircuitBreakerSettings(_Strict):
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the circuit")
+    reset_after: float = Field(15.0, gt=0, description="seconds before a half-open probe")
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list, description="bearer keys; 'env:NAME' reads NAME")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+class RouterSettings(_Strict):
+    policy: Literal["direct", "gemini-first", "embedding-first", "embedding-only"] = "direct"
+    default_model: str | None = Field(None, description="where 'oracle-council' goes without a classifier; "
+                                      "None = master-sword if deployed, else the first deployed model")
+    classifier: str | None = Field(None, description="path of a trained classifier; None = the shipped one")
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_api_key: str | None = "env:GEMINI_API_KEY"
+    gemini_timeout: float = Field(2.0, gt=0)
+    confidence_threshold: float = Field(0.5, ge=0, le=1)
+    cross_domain_threshold: float = Field(0.35, ge=0, le=1)
+    cache_size: int = Field(4096, ge=0)
+    cache_ttl: float = Field(600.0, ge=0)
+
+
+class OracleSpec(_Strict):
+    name: str
+    aspect: str = ""
+    description: str = ""
+    default_model: str | None = None
+
+
+class BackendSpec(_Strict):
+    name: str
+    kind: str
+    base_url: str | None = None
+    api_key: str | None = None
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(2, ge=0, le=10, description="extra attempts before the first byte")
+    max_connections: int = Field(256, ge=1)
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific settings")
+
+    def resolved_api_key(self) -> str | None:
+        return resolve_secret(self.api_key)
+
+
+class Deployment(_Strict):
+    backend: str
+    upstream_model: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+
+class ModelSpec(_Strict):
+    name: str
+    oracle: str
+    backend: str | None = None
+    upstream_model: str | None = None
+    deployed: bool = True
+    description: str = ""
+    task_types: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(default_factory=list)
+    system_prompt: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict, description="request defaults, e.g. temperature")
+    deployments: list[Deployment] = Field(default_factory=list, description="extra replicas")
+    base_model: str | None = Field(None, description="informational: what the adapter was trained on")
+    price_per_mtok_in: float | None = None
+    price_per_mtok_out: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError("must be a non-empty name without spaces")
+        return v
+
+    @model_validator(mode="after")
+    def _deployed_needs_backend(self) -> "ModelSpec":
+        if self.deployed and not self.backend and not self.deployments:
+            raise ValueError("a deployed model needs 'backend' (or 'deployments')")
+        return self
+
+    def all_deployments(self) -> list[Deployment]:
+        """The primary deployment (``backend``/``upstream_model``) then the extra replicas."""
+        out = []
+        if self.backend:
+            out.append(Deployment(backend=self.backend, upstream_model=self.upstream_model))
+        out.extend(self.deployments)
+        return [d if d.upstream_model else d.model_copy(update={"upstream_model": self.name}) for d in out]
+
+
+class GatewayConfig(_Strict):
+    server: ServerSettings = ServerSettings()
+    router: RouterSettings = RouterSettings()
+    oracles: list[OracleSpec] = Field(default_factory=list)
+    backends: list[BackendSpec] = Field(default_factory=list)
+    models: list[ModelSpec] = Field(default_factory=list)
+    source: str = Field("<memory>", exclude=True)
+    base_dir: str = Field(".", exclude=True)
+
+    # -- lookups -------------------------------------------------------------------------
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def backend(self, name: str) -> BackendSpec | None:
+        return next((b for b in self.backends if b.name == name), None)
+
+    def oracle(self, name: str) -> OracleSpec | None:
+        return next((o for o in self.oracles if o.name == name), None)
+
+    @property
+    def deployed_models(self) -> list[ModelSpec]:
+        return [m for m in self.models if m.deployed]
+
+    def default_model_name(self) -> str | None:
+        if self.router.default_model:
+            return self.router.default_model
+        names = [m.name for m in self.deployed_models]
+        return MASTER_SWORD if MASTER_SWORD in names else (names[0] if names else None)
+
+    def resolve_path(self, value: str) -> str:
+        """A path from the config: ``~`` and ``$VARS`` expanded, relative to the config file."""
+        p = Path(os.path.expandvars(os.path.expanduser(value)))
+        return str(p if p.is_absolute() else Path(self.base_dir) / p)
+
+
+def resolve_secret(value: str | None) -> str | None:
+    """``env:NAME`` reads the environment variable NAME (None when unset); anything else is literal."""
+    if value is None:
+        return None
+    if value.startswith("env:"):
+        return os.environ.get(value[4:]) or None
+    return value
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def load_config(path: str | os.PathLike | None = None) -> GatewayConfig:
+    """Read and validate a config file; ``None`` loads the embedded default."""
+    if path is None:
+        text = resources.files("gateway.data").joinpath(DEFAULT_CONFIG_RESOURCE).read_text("utf-8")
+        return parse_config(text, source="<embedded default>", base_dir=".")
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    return parse_config(text, source=str(p), base_dir=str(p.resolve().parent))
+
+
+def parse_config(text: str, *, source: str = "<memory>", base_dir: str = ".") -> GatewayConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        cfg = GatewayConfig.model_validate({**raw, "source": source, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(source, raw, exc)) from None
+    _check_references(cfg)
+    return cfg
+
+
+def _describe_validation_error(source: str, raw: dict, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        lines.append(f"{source}: {_where(raw, err['loc'])}: {_what(err)}")
+    return "\n".join(lines)
+
+
+def _where(raw: dict, loc: tuple) -> str:
+    """('models', 2, 'backend') -> "[[models]] #3 (name = 'x'), key 'backend'"."""
+    if not loc:
+        return "top level"
+    head, rest = loc[0], list(loc[1:])
+    if head in ("models", "backends", "oracles") and rest and isinstance(rest[0], int):
+        idx = rest.pop(0)
+        entry = raw.get(head, [])
+        name = entry[idx].get("name") if idx < len(entry) and isinstance(entry[idx], dict) else None
+        table = f"[[{head}]] #{idx + 1}" + (f" (name = {name!r})" if name else "")
+    elif head in ("server", "router"):
+        table = f"[{head}]"
+    else:
+        return f"key {'.'.join(map(str, loc))!r}"
+    return f"{table}, key {'.'.join(map(str, rest))!r}" if rest else table
+
+
+def _what(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see the configuration reference in README.md)"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return err["msg"]
+
+
+def _check_references(cfg: GatewayConfig) -> None:
+    src = cfg.source
+    problems: list[str] = []
+
+    def dupes(kind: str, names: list[str]) -> None:
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                problems.append(f"{src}: [[{kind}]] (name = {n!r}): duplicate name")
+            seen.add(n)
+
+    dupes("backends", [b.name for b in cfg.backends])
+    dupes("models", [m.name for m in cfg.models])
+    dupes("oracles", [o.name for o in cfg.oracles])
+
+    from gateway.backends import known_kinds  # local import: the backends package imports config
+
+    kinds = known_kinds()
+    for b in cfg.backends:
+        if b.kind not in kinds:
+            problems.append(f"{src}: [[backends]] (name = {b.name!r}), key 'kind': unknown kind {b.kind!r}; "
+                            f"known kinds: {', '.join(sorted(kinds))}")
+        if b.kind in ("openai", "ollama") and not b.base_url:
+            problems.append(f"{src}: [[backends]] (name = {b.name!r}), key 'base_url': required for kind {b.kind!r}")
+
+    backend_names = {b.name for b in cfg.backends}
+    model_names = {m.name for m in cfg.models}
+    reserved = {ROUTER_MODEL} | {o.name for o in cfg.oracles}
+    oracle_names = {o.name for o in cfg.oracles}
+    for m in cfg.models:
+        where = f"{src}: [[models]] (name = {m.name!r})"
+        if m.name in reserved:
+            problems.append(f"{where}, key 'name': {m.name!r} is reserved for the router or an oracle")
+        if oracle_names and m.oracle not in oracle_names | {"system", "future"}:
+            problems.append(f"{where}, key 'oracle': unknown oracle {m.oracle!r}; "
+                            f"known: {', '.join(sorted(oracle_names | {'system', 'future'}))}")
+        for d in ([m.backend] if m.backend else []) + [d.backend for d in m.deployments]:
+            if d not in backend_names:
+                problems.append(f"{where}, key 'backend': unknown backend {d!r}; "
+                                f"known: {', '.join(sorted(backend_names)) or '(none)'}")
+        for f in m.fallbacks:
+            if f not in model_names:
+                problems.append(f"{where}, key 'fallbacks': unknown model {f!r}")
+            elif f == m.name:
+                problems.append(f"{where}, key 'fallbacks': a model cannot fall back to itself")
+
+    deployed = {m.name for m in cfg.deployed_models}
+    if cfg.router.default_model is not None and cfg.router.default_model not in deployed:
+        problems.append(f"{src}: [router], key 'default_model': {cfg.router.default_model!r} is not a deployed model; "
+                        f"deployed: {', '.join(sorted(deployed)) or '(none)'}")
+    for o in cfg.oracles:
+        if o.default_model and o.default_model not in deployed:
+            problems.append(f"{src}: [[oracles]] (name = {o.name!r}), key 'default_model': "
+                            f"{o.default_model!r} is not a deployed model")
+    if problems:
+        raise ConfigError("\n".join(problems))
