@@ -1,0 +1,127 @@
+"""The ASGI app: ``create_app(config)`` wires routes and error handling; the lifespan builds
+the backends and services, and closes them on shutdown. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway import __version__
+from gateway.backends import create_backend
+from gateway.backends.base import Backend
+from gateway.config import GatewayConfig, resolve_secret
+from gateway.dispatch import Dispatcher
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.metrics import Metrics
+from gateway.middleware import GatewayMiddleware, error_body
+from gateway.openai.routes import router as openai_router
+from gateway.openai.service import OpenAIService
+from gateway.routing import ModelResolver
+
+log = logging.getLogger("oracle_council")
+
+HEALTH_TIMEOUT = 5.0
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backends: dict[str, Backend] = {}
+        used = {d.backend for m in config.deployed_models for d in m.all_deployments()}
+        try:
+            for spec in config.backends:
+                if spec.name in used:
+                    backends[spec.name] = create_backend(spec, config)
+            for b in backends.values():
+                log.info("starting backend %s (%s)", b.name, b.kind)
+                await b.start()
+            metrics = Metrics()
+            resolver = ModelResolver(config)
+            dispatcher = Dispatcher(config, backends, metrics)
+            app.state.config = config
+            app.state.backends = backends
+            app.state.metrics = metrics
+            app.state.resolver = resolver
+            app.state.dispatcher = dispatcher
+            app.state.openai = OpenAIService(resolver, dispatcher, metrics)
+            app.state.started = int(time.time())
+            log.info("oracle-council %s ready: %d models on %d backends (%s)", __version__,
+                     len(config.deployed_models), len(backends), config.source)
+            yield
+        finally:
+            await asyncio.gather(*(b.aclose() for b in backends.values()), return_exceptions=True)
+
+    app = FastAPI(title="oracle-council", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.include_router(openai_router)
+    _add_ops_routes(app)
+    _add_error_handlers(app)
+    keys = [k for k in (resolve_secret(v) for v in config.server.api_keys) if k]
+    app.add_middleware(GatewayMiddleware, api_keys=keys, max_body=config.server.max_request_bytes)
+    return app
+
+
+def _add_ops_routes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        """Ready when the default model has a healthy deployment; every backend's state is listed."""
+        backends: dict[str, Backend] = request.app.state.backends
+
+        async def probe(b: Backend) -> dict:
+            try:
+                async with asyncio.timeout(HEALTH_TIMEOUT):
+                    return (await b.health()).as_dict()
+            except TimeoutError:
+                return {"ok": False, "detail": f"health check took longer than {HEALTH_TIMEOUT:g} s", "models": []}
+
+        results = dict(zip(backends, await asyncio.gather(*(probe(b) for b in backends.values()))))
+        config: GatewayConfig = request.app.state.config
+        default = config.default_model_name()
+        spec = config.model(default) if default else None
+        ready = bool(spec) and any(results.get(d.backend, {}).get("ok") for d in spec.all_deployments())
+        body = {"status": "ready" if ready else "not_ready", "default_model": default, "backends": results}
+        return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        m: Metrics = request.app.state.metrics
+        return Response(m.render(), media_type=m.content_type)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def render(request: Request, exc: GatewayError) -> Response:
+        headers = {"retry-after": "1"} if exc.status_code in (429, 503) else None
+        return Response(error_body(request.url.path, exc), status_code=exc.status_code,
+                        media_type="application/json", headers=headers)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return render(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return render(request, InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err: GatewayError = ModelNotFound(f"no route {request.method} {request.url.path}", code="not_found")
+        else:
+            err = InvalidRequest(f"{request.method} {request.url.path}: {exc.detail}", code=str(exc.status_code))
+            err.status_code = exc.status_code
+        return render(request, err)

@@ -1,0 +1,106 @@
+"""The ``oracle-council`` command.
+
+    oracle-council serve [--config FILE] [--host H] [--port N]   run the gateway
+    oracle-council demo [--home DIR]                             build the embedded default's model
+    oracle-council check --config FILE                           validate a registry and list it
+    oracle-council bench gateway [...]                           added latency versus the upstream
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"oracle-council: configuration error:\n{exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="oracle-council", description="A gateway for a family of LoRA specialists.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the gateway (embedded default config without --config)")
+    s.add_argument("--config", help="registry TOML file (default: the embedded offline demo)")
+    s.add_argument("--host", help="overrides [server].host")
+    s.add_argument("--port", type=int, help="overrides [server].port")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [server].log_level")
+    s.set_defaults(func=_serve)
+
+    d = sub.add_parser("demo", help="build the embedded default's tiny base model and adapters")
+    d.add_argument("--home", help="where to build (default $ORACLE_COUNCIL_HOME or ~/.cache/oracle-council)")
+    d.set_defaults(func=_demo)
+
+    c = sub.add_parser("check", help="validate a registry file and print its models")
+    c.add_argument("--config", help="registry TOML file (default: the embedded one)")
+    c.set_defaults(func=_check)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(metavar="WHAT")
+    bg = bsub.add_parser("gateway", help="added latency of the gateway versus calling the upstream directly")
+    from eval.bench_gateway import add_arguments
+    add_arguments(bg)
+    bg.set_defaults(func=_bench_gateway)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.config import load_config
+
+    config = load_config(args.config)
+    server = config.server
+    level = args.log_level or server.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), host=args.host or server.host,
+                port=args.port if args.port is not None else server.port,
+                log_level=level, access_log=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.demo import ensure_demo
+
+    path = ensure_demo(Path(args.home) if args.home else None, progress=True)
+    print(f"demo models ready in {path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+
+    config = load_config(args.config)
+    print(f"{config.source}: OK ({len(config.backends)} backends, {len(config.models)} models)")
+    for m in config.models:
+        where = ", ".join(f"{d.backend}/{d.upstream_model}" for d in m.all_deployments()) if m.deployed else "-"
+        print(f"  {'*' if m.deployed else ' '} {m.name:<20} {m.oracle:<14} {where}")
+    print(f"  oracle-council -> {config.default_model_name()} (policy {config.router.policy})")
+    return 0
+
+
+def _bench_gateway(args: argparse.Namespace) -> int:
+    from eval.bench_gateway import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

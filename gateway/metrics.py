@@ -1,0 +1,53 @@
+"""Prometheus metrics, one registry per app (so tests and several apps never share counters).
+
+    oracle_requests_total{api,model,backend,status}        requests by outcome
+    oracle_request_seconds{api,model}                      whole request, first byte to last
+    oracle_upstream_seconds{backend,model,phase}           phase = first_byte | total
+    oracle_tokens_total{model,backend,kind}                kind = prompt | completion
+    oracle_upstream_errors_total{backend,model,type}       every failed upstream attempt
+    oracle_retries_total{backend}                          retried attempts
+    oracle_fallbacks_total{from_model,to_model}            a request served by a fallback
+    oracle_circuit_open{backend,upstream_model}            1 while a circuit is open
+    oracle_in_flight                                       requests being served
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("oracle_requests", "Requests by API, model, backend and status",
+                                ["api", "model", "backend", "status"], registry=r)
+        self.request_seconds = Histogram("oracle_request_seconds", "Request latency (whole response)",
+                                         ["api", "model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_seconds = Histogram("oracle_upstream_seconds", "Upstream latency by phase",
+                                          ["backend", "model", "phase"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("oracle_tokens", "Tokens by model, backend and kind",
+                              ["model", "backend", "kind"], registry=r)
+        self.upstream_errors = Counter("oracle_upstream_errors", "Failed upstream attempts",
+                                       ["backend", "model", "type"], registry=r)
+        self.retries = Counter("oracle_retries", "Retried upstream attempts", ["backend"], registry=r)
+        self.fallbacks = Counter("oracle_fallbacks", "Requests served by a fallback model",
+                                 ["from_model", "to_model"], registry=r)
+        self.circuit_open = Gauge("oracle_circuit_open", "1 while the deployment's circuit is open",
+                                  ["backend", "upstream_model"], registry=r)
+        self.in_flight = Gauge("oracle_in_flight", "Requests being served", registry=r)
+
+    def count_usage(self, model: str, backend: str, usage: dict | None) -> None:
+        if not isinstance(usage, dict):
+            return
+        for kind in ("prompt", "completion"):
+            n = usage.get(f"{kind}_tokens")
+            if isinstance(n, int) and n > 0:
+                self.tokens.labels(model, backend, kind).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

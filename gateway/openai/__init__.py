@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API: wire models (protocol), serving logic (service), thin routes."""

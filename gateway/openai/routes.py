@@ -1,0 +1,54 @@
+"""Routes of the OpenAI API: parse, hand to the service, nothing else."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.errors import InvalidRequest, ModelNotFound
+
+router = APIRouter()
+
+
+async def read_json(request: Request) -> object:
+    body = await request.body()
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON (or not UTF-8): {exc}") from None
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await request.app.state.openai.chat_completions(await read_json(request), request.state.request_id)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await request.app.state.openai.completions(await read_json(request), request.state.request_id)
+
+
+@router.post("/v1/route")
+async def route(request: Request) -> Response:
+    decision = await request.app.state.openai.route(await read_json(request))
+    return Response(orjson.dumps(decision.as_dict()), media_type="application/json")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    created = request.app.state.started
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "oracle-council"}
+            for name in request.app.state.resolver.model_ids()]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> Response:
+    if model_id not in request.app.state.resolver.model_ids():
+        raise ModelNotFound(f"model {model_id!r} does not exist; GET /v1/models lists the models", param="model")
+    return Response(orjson.dumps({"id": model_id, "object": "model", "created": request.app.state.started,
+                                  "owned_by": "oracle-council"}), media_type="application/json")
+

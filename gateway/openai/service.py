@@ -1,0 +1,104 @@
+"""Serving logic of the OpenAI API: decide, dispatch, shape the answer, account for it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from gateway.dispatch import Dispatcher
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, validate
+from gateway.routing import ModelResolver
+from gateway.sse import sse_frames
+from router.decision import RoutingDecision
+
+log = logging.getLogger("oracle_council.access")
+
+Api = Literal["chat", "completion"]
+
+
+class OpenAIService:
+    def __init__(self, resolver: ModelResolver, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self.resolver = resolver
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+
+    async def chat_completions(self, raw: Any, request_id: str) -> Response:
+        req = validate(ChatCompletionRequest, raw)
+        return await self._serve("chat", raw, bool(req.stream), request_id)
+
+    async def completions(self, raw: Any, request_id: str) -> Response:
+        req = validate(CompletionRequest, raw)
+        return await self._serve("completion", raw, bool(req.stream), request_id)
+
+    async def route(self, raw: Any) -> RoutingDecision:
+        """The decision alone (``POST /v1/route``): nothing is generated."""
+        req = validate(ChatCompletionRequest, raw)
+        return await self.resolver.decide(req.model, raw)
+
+    async def _serve(self, api: Api, raw: dict[str, Any], stream: bool, request_id: str) -> Response:
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        decision: RoutingDecision | None = None
+        try:
+            decision = await self.resolver.decide(raw["model"], raw)
+            body = raw
+            client_wants_usage = False
+            if stream:  # always ask for usage (for metrics); hide it again if the client did not
+                opts = raw.get("stream_options") or {}
+                client_wants_usage = bool(opts.get("include_usage"))
+                body = {**raw, "stream_options": {**opts, "include_usage": True}}
+            served = await self.dispatcher.dispatch(decision.model, body, op=api, stream=stream)
+        except GatewayError as exc:
+            self.metrics.in_flight.dec()
+            model = decision.model if decision else str(raw.get("model", ""))[:64]
+            self._account(api, model, "-", f"error_{exc.status_code}", None, start, request_id)
+            raise
+        except BaseException:
+            self.metrics.in_flight.dec()
+            raise
+        headers = {**decision.headers(), **served.headers()}
+        if served.fallback_from:
+            headers["x-oracle-model"] = served.model.name
+        name = served.model.name
+
+        if not stream:
+            response = served.response or {}
+            response["model"] = name
+            self.metrics.in_flight.dec()
+            self._account(api, name, served.backend, "ok", response.get("usage"), start, request_id)
+            return Response(orjson.dumps(response), media_type="application/json", headers=headers)
+
+        def rewrite(chunk: dict) -> dict | None:
+            if not client_wants_usage and "usage" in chunk:
+                if not chunk.get("choices"):
+                    return None
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            chunk["model"] = name
+            return chunk
+
+        def on_end(status: str, usage: dict | None) -> None:
+            self.metrics.in_flight.dec()
+            self._account(api, name, served.backend, status, usage, start, request_id)
+
+        assert served.first is not None and served.rest is not None
+        return StreamingResponse(sse_frames(served.first, served.rest, rewrite=rewrite, on_end=on_end),
+                                 media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    def _account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
+                 request_id: str) -> None:
+        elapsed = time.perf_counter() - start
+        self.metrics.requests.labels(api, model, backend, status).inc()
+        self.metrics.request_seconds.labels(api, model).observe(elapsed)
+        if usage:
+            self.metrics.count_usage(model, backend, usage)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f", request_id, api, model, backend, status,
+                     elapsed * 1000)
+
