@@ -51,6 +51,7 @@ class LoopbackUpstream:
         self.stats = Stats(keep_bodies=keep_bodies)
         self._server: asyncio.base_events.Server | None = None
         self._flaky: Counter = Counter()
+        self._handlers: set[asyncio.Task] = set()
 
     @property
     def base_url(self) -> str:
@@ -64,6 +65,9 @@ class LoopbackUpstream:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
 
     async def __aenter__(self) -> "LoopbackUpstream":
@@ -74,6 +78,8 @@ class LoopbackUpstream:
 
     # -- HTTP plumbing ------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -89,10 +95,11 @@ class LoopbackUpstream:
                 keep = await self._respond(method, path.split("?", 1)[0], body, reader, writer)
                 if not keep:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+            self._handlers.discard(task)
 
     @staticmethod
     def _head(status: int, content_type: str, length: int | None) -> bytes:

@@ -1,0 +1,37 @@
+"""Shared fixtures: a loopback OpenAI-compatible upstream in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from eval.loopback_upstream import LoopbackUpstream
+
+
+class ThreadedUpstream:
+    """A LoopbackUpstream running on its own event loop in a thread, so both sync and async
+    tests can use it while the gateway runs in another thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.upstream = LoopbackUpstream()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.upstream.start(), self.loop).result(10)
+        return self.upstream
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.upstream.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def upstream() -> Iterator[LoopbackUpstream]:
+    with ThreadedUpstream() as up:
+        yield up
