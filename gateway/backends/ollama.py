@@ -1,47 +1,47 @@
-"""Ollama backend: OpenAI-shaped requests served through Ollama's native API.
-
-Chat goes to ``/api/chat`` and ``/v1/completions`` to ``/api/generate``, both through the
-official ``ollama`` client. The translation, both ways:
+"""Ollama backend: OpenAI-shaped requests served by Ollama's native API through the official
+``ollama`` client; chat goes to ``/api/chat``, ``/v1/completions`` to ``/api/generate``.
 
     OpenAI request                         Ollama request
-    messages[].content (str or parts)      content (text parts joined by newlines), images
-                                           (base64 ``data:`` URLs only)
+    content as a list of parts             text parts joined by newlines; base64 data: images
     assistant tool_calls (arguments text)  tool_calls[].function.arguments (an object)
-    role tool + tool_call_id               role tool + tool_name (looked up from the call)
-    tools (function tools)                 tools (same shape; tool_choice "none" drops them)
+    role tool + tool_call_id               role tool + tool_name (the call's function name)
+    tools (tool_choice "none" drops them)  tools, same shape
     temperature, top_p, seed, stop,        options of the same names
-    presence/frequency_penalty
+      presence/frequency_penalty
     max_completion_tokens | max_tokens     options.num_predict
-    top_k, min_p, num_ctx, ... , options   options (Ollama-native keys from the extra body)
-    response_format json_object / schema   format "json" / the JSON schema
+    top_k, num_ctx, ..., options (extra)   options (Ollama-native keys)
+    response_format json_object / schema   format "json" / the schema
 
     Ollama response                        OpenAI response
-    message.content, message.thinking      message.content, message.reasoning_content
+    message.content / .thinking            content / reasoning_content
     message.tool_calls                     tool_calls (ids generated, arguments as JSON text)
-    done_reason stop / length              finish_reason stop / length; tool_calls when calls came
+    done_reason stop | length              finish_reason; tool_calls when calls came back
     prompt_eval_count, eval_count          usage
 
-Backend ``options``: ``keep_alive`` (sent with every request) and ``raw_completions`` (send
-``/v1/completions`` prompts with ``raw: true``, skipping the model's template; off by
-default, as in Ollama's own OpenAI layer, so ``suffix`` fill-in-the-middle works).
+Backend ``options``: ``keep_alive`` (sent with every request); ``raw_completions`` (send
+completion prompts with ``raw: true``, skipping the chat template; off by default, like
+Ollama's own ``/v1/completions``, so ``suffix`` fill-in-the-middle works).
 
-Errors: an HTTP status from Ollama becomes ``UpstreamStatusError``, a refused connection
-``UpstreamUnavailable``, a timeout ``UpstreamTimeout``, a body that is not Ollama's format
-``UpstreamProtocolError``. Streams send the request and read the first NDJSON part before
-yielding anything, so those errors surface while the gateway can still retry or fall back.
+Errors map to ``UpstreamStatusError`` (HTTP status), ``UpstreamUnavailable`` (refused),
+``UpstreamTimeout`` and ``UpstreamProtocolError`` (not Ollama's format). Streams send the
+request and read the first NDJSON part before yielding, so those errors come while the
+gateway can still retry or fall back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
-from ollama import AsyncClient, Message, ResponseError, Tool
+from ollama import AsyncClient, Image, Message, ResponseError, Tool
 from pydantic import ValidationError
 
 from gateway.backends.base import (Backend, Health, chat_chunk, chat_completion, completion_id,
@@ -107,11 +107,10 @@ class OllamaBackend(Backend):
 
     async def stream_chat(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         request = self._chat_request(body, model)
-        parts, first = await self._open(self._client.chat(stream=True, **request))
         cid, created, n_calls, last = completion_id(), int(time.time()), 0, None
-        try:
-            async for part in self._follow(parts, first):
-                delta: dict[str, Any] = {} if n_calls or last is not None else {"role": "assistant"}
+        async with aclosing(self._parts(self._client.chat, request)) as parts:
+            async for part in parts:
+                delta: dict[str, Any] = {} if last is not None else {"role": "assistant"}
                 if part.message.content or "role" in delta:
                     delta["content"] = part.message.content or ""
                 if part.message.thinking:
@@ -123,11 +122,6 @@ class OllamaBackend(Backend):
                 if delta:
                     yield chat_chunk(id=cid, model=model, created=created, delta=delta)
                 last = part
-                if part.done:
-                    break
-        finally:
-            await parts.aclose()
-        self._check_done(last)
         yield chat_chunk(id=cid, model=model, created=created, delta={},
                          finish_reason=_finish(last.done_reason, n_calls > 0))
         if wants_usage(body):
@@ -145,24 +139,19 @@ class OllamaBackend(Backend):
 
     async def stream_completion(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         request = self._generate_request(body, model)
-        parts, first = await self._open(self._client.generate(stream=True, **request))
         cid, created, last = completion_id("cmpl"), int(time.time()), None
-        try:
-            async for part in self._follow(parts, first):
-                if part.response:
-                    yield text_completion(model=model, text=part.response, finish_reason=None, prompt_tokens=0,
-                                          completion_tokens=0, id=cid, created=created, chunk=True)
-                last = part
-                if part.done:
-                    break
-        finally:
-            await parts.aclose()
-        self._check_done(last)
-        yield text_completion(model=model, text="", finish_reason=_finish(last.done_reason, False), prompt_tokens=0,
-                              completion_tokens=0, id=cid, created=created, chunk=True)
+
+        def piece(text: str, finish_reason: str | None = None) -> dict[str, Any]:
+            return text_completion(model=model, text=text, finish_reason=finish_reason, prompt_tokens=0,
+                                   completion_tokens=0, id=cid, created=created, chunk=True)
+
+        async with aclosing(self._parts(self._client.generate, request)) as parts:
+            async for last in parts:
+                if last.response:
+                    yield piece(last.response)
+        yield piece("", _finish(last.done_reason, False))
         if wants_usage(body):
-            chunk = text_completion(model=model, text="", finish_reason=None, prompt_tokens=0, completion_tokens=0,
-                                    id=cid, created=created, chunk=True)
+            chunk = piece("")
             chunk["choices"], chunk["usage"] = [], usage(last.prompt_eval_count or 0, last.eval_count or 0)
             yield chunk
 
@@ -192,32 +181,30 @@ class OllamaBackend(Backend):
         except _FAILURES as exc:
             raise self._error(exc) from exc
 
-    async def _open(self, call) -> tuple[AsyncIterator, Any]:
-        """Send a streaming request and read its first part; nothing has been yielded yet."""
+    async def _parts(self, send, request: dict[str, Any]) -> AsyncIterator[Any]:
+        """Ollama's NDJSON parts, up to and including the ``done`` one. The request goes out and the
+        first part is read on the first ``__anext__``, so a caller that yields only what it got
+        from here raises connection and status errors before its first chunk."""
+        started = False
         try:
-            parts = await call
-            return parts, await parts.__anext__()
-        except StopAsyncIteration:
-            raise UpstreamProtocolError(f"ollama backend {self.name!r}: empty response stream",
-                                        backend=self.name, retryable=True) from None
+            parts = await send(stream=True, **request)
         except _FAILURES as exc:
             raise self._error(exc) from exc
-
-    async def _follow(self, parts: AsyncIterator, first: Any) -> AsyncIterator[Any]:
-        yield first
-        while True:
-            try:
-                part = await parts.__anext__()
-            except StopAsyncIteration:
-                return
-            except _FAILURES as exc:
-                raise self._error(exc, started=True) from exc
-            yield part
-
-    def _check_done(self, last: Any) -> None:
-        if last is None or not last.done:
-            raise UpstreamProtocolError(f"ollama backend {self.name!r}: the stream ended without a final "
-                                        "'done' part", backend=self.name, retryable=False)
+        try:
+            while True:
+                try:
+                    part = await parts.__anext__()
+                except StopAsyncIteration:
+                    raise UpstreamProtocolError(f"ollama backend {self.name!r}: the stream ended without a "
+                                                "final 'done' part", backend=self.name, retryable=not started) from None
+                except _FAILURES as exc:
+                    raise self._error(exc, started=started) from exc
+                yield part
+                if part.done:
+                    return
+                started = True
+        finally:
+            await parts.aclose()
 
     def _error(self, exc: BaseException, *, started: bool = False) -> UpstreamError:
         where = f"ollama backend {self.name!r} ({self.spec.base_url})"
@@ -302,7 +289,7 @@ def _messages(messages: Any) -> list[Message]:
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
         text, images = _content(m.get("content") if isinstance(m, dict) else None, i)
-        msg: dict[str, Any] = {"role": role, "content": text, "images": images or None}
+        msg: dict[str, Any] = {"role": role, "content": text, "images": [Image(value=b) for b in images] or None}
         if role == "developer":
             msg["role"] = "system"
         elif role == "assistant" and m.get("tool_calls"):
@@ -340,7 +327,12 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
             if not (url.startswith("data:") and ";base64," in url):
                 raise InvalidRequest(f"messages[{i}]: Ollama takes images as base64 data: URLs only",
                                      param="messages")
-            images.append(url.split(",", 1)[1])
+            data = url.split(",", 1)[1]
+            try:
+                base64.b64decode(data, validate=True)
+            except binascii.Error:
+                raise InvalidRequest(f"messages[{i}]: image data is not valid base64", param="messages") from None
+            images.append(data)
         else:
             raise InvalidRequest(f"messages[{i}].content: unsupported part type {kind!r}", param="messages")
     return "\n".join(texts), images
@@ -353,7 +345,7 @@ def _arguments(raw: Any, i: int) -> dict[str, Any]:
         args = json.loads(raw) if raw else {}
     except (TypeError, json.JSONDecodeError):
         args = None
-    if not isinstance(args, dict):
+    if not isinstance(args, dict):  # Ollama wants an object, and so does every function schema
         raise InvalidRequest(f"messages[{i}].tool_calls: function.arguments must be a JSON object",
                              param="messages")
     return args
