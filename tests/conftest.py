@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must never reach for the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import asyncio
 import threading
 from collections.abc import Iterator
