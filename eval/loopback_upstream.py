@@ -18,6 +18,11 @@ Model names (a ``/`` may prefix them, as in ``openai/status-500``):
     truncated              stream: one good chunk, then close without [DONE]
     reset                  close the connection without answering
     tools                  answer with a tool call to the first tool of the request
+    qwen-tools             like Qwen2.5-Coder without a tool parser: the call to the first tool
+                           written as text, in a <tool_call> block after a sentence (stream or
+                           not); after a "[TOOL RESULT for ...]" user message, a plain answer
+    qwen-json              the same call as a bare JSON object
+    parrot                 the last user message itself, without the "echo: " prefix
 
 ``stats`` counts requests per model, and records streams whose client went away
 (``disconnects``), which is how tests check that a cancelled request was cancelled upstream.
@@ -156,6 +161,10 @@ class LoopbackUpstream:
             await asyncio.sleep(float(arg))
 
         text = "echo: " + _last_user_text(req) if chat else "echo: " + str(req.get("prompt", ""))[-200:]
+        if chat and behaviour == "qwen" and req.get("tools"):
+            text = _qwen_tool_text(req, arg)
+        elif chat and behaviour == "parrot":
+            text = _last_user_text(req)
         if req.get("stream"):
             return await self._stream(reader, writer, req, model, text, chat, behaviour, arg)
         if chat and behaviour == "tools" and req.get("tools"):
@@ -239,6 +248,17 @@ def _last_user_text(req: dict) -> str:
                 content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             return str(content)[-200:]
     return ""
+
+
+def _qwen_tool_text(req: dict, style: str) -> str:
+    last = next((m.get("content") for m in reversed(req.get("messages") or [])
+                 if isinstance(m, dict) and m.get("role") == "user"), "")
+    if isinstance(last, str) and last.startswith("[TOOL RESULT for "):
+        return "Room 0x12 has 3 sprites."
+    fn = req["tools"][0]["function"]
+    props = (fn.get("parameters") or {}).get("properties") or {}
+    call = orjson.dumps({"name": fn["name"], "arguments": {k: f"{k}-1" for k in props}}).decode()
+    return call if style == "json" else f"Let me look.\n<tool_call>\n{call}\n</tool_call>"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,9 +23,12 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware, error_body
+from gateway.ollama.routes import router as ollama_router
+from gateway.ollama.service import OllamaService
 from gateway.openai.routes import router as openai_router
 from gateway.openai.service import OpenAIService
 from gateway.routing import ModelResolver
+from gateway.yaze import YazeContext
 
 log = logging.getLogger("oracle_council")
 
@@ -36,6 +39,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends: dict[str, Backend] = {}
+        context = YazeContext(config.yaze, config) if config.yaze else None
         used = {d.backend for m in config.deployed_models for d in m.all_deployments()}
         try:
             for spec in config.backends:
@@ -44,6 +48,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             for b in backends.values():
                 log.info("starting backend %s (%s)", b.name, b.kind)
                 await b.start()
+            if context is not None:
+                await context.start()  # fetches YAZE's symbols in the background
             metrics = Metrics()
             resolver = ModelResolver(config)
             dispatcher = Dispatcher(config, backends, metrics)
@@ -52,17 +58,22 @@ def create_app(config: GatewayConfig) -> FastAPI:
             app.state.metrics = metrics
             app.state.resolver = resolver
             app.state.dispatcher = dispatcher
-            app.state.openai = OpenAIService(resolver, dispatcher, metrics)
+            app.state.yaze = context
             app.state.started = int(time.time())
+            app.state.openai = OpenAIService(resolver, dispatcher, metrics, context=context)
+            app.state.ollama = OllamaService(resolver, dispatcher, metrics, config, started=app.state.started,
+                                             context=context)
             log.info("oracle-council %s ready: %d models on %d backends (%s)", __version__,
                      len(config.deployed_models), len(backends), config.source)
             yield
         finally:
-            await asyncio.gather(*(b.aclose() for b in backends.values()), return_exceptions=True)
+            await asyncio.gather(*(b.aclose() for b in backends.values()), *([context.aclose()] if context else []),
+                                 return_exceptions=True)
 
     app = FastAPI(title="oracle-council", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     app.include_router(openai_router)
+    app.include_router(ollama_router)
     _add_ops_routes(app)
     _add_error_handlers(app)
     keys = [k for k in (resolve_secret(v) for v in config.server.api_keys) if k]

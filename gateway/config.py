@@ -7,6 +7,7 @@
                     retries, circuit breaker; kind-specific keys under ``options``
     [[models]]      name, backend, upstream_model, oracle, deployed, fallbacks, system_prompt,
                     parameters, deployments (extra replicas)
+    [yaze]          optional: the YAZE editor's HTTP API as a symbol source for ASM specialists
 
 ``load_config(path)`` parses and validates; every problem is reported as a ``ConfigError``
 whose message names the file, the table and the key. Values of the form ``env:NAME`` (API
@@ -137,12 +138,28 @@ class ModelSpec(_Strict):
         return [d if d.upstream_model else d.model_copy(update={"upstream_model": self.name}) for d in out]
 
 
+class YazeSettings(_Strict):
+    """The YAZE editor's HTTP API (``z3ed --http-port``) as a context source: the labels and
+    addresses an ASM prompt mentions are looked up in the project's symbol table and their
+    definitions given to the specialist. YAZE being down or slow never fails a request."""
+
+    base_url: str = Field(description="where z3ed listens, e.g. http://127.0.0.1:8080")
+    timeout: float = Field(0.3, gt=0, le=10, description="seconds a request may wait for the first symbol table")
+    ttl: float = Field(300.0, gt=0, description="seconds before the table is fetched again, in the background")
+    max_context_chars: int = Field(2000, ge=64, le=200_000, description="bound on the definitions added")
+    fetch_timeout: float = Field(10.0, gt=0, description="seconds one background fetch may take")
+    max_table_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="larger symbol tables are refused")
+    models: list[str] = Field(default_factory=list, description="models that get symbol context; empty = "
+                              "every model with an asm_* task type or a name ending in -asm")
+
+
 class GatewayConfig(_Strict):
     server: ServerSettings = ServerSettings()
     router: RouterSettings = RouterSettings()
     oracles: list[OracleSpec] = Field(default_factory=list)
     backends: list[BackendSpec] = Field(default_factory=list)
     models: list[ModelSpec] = Field(default_factory=list)
+    yaze: YazeSettings | None = None
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)
 
@@ -228,7 +245,7 @@ def _where(raw: dict, loc: tuple) -> str:
         entry = raw.get(head, [])
         name = entry[idx].get("name") if idx < len(entry) and isinstance(entry[idx], dict) else None
         table = f"[[{head}]] #{idx + 1}" + (f" (name = {name!r})" if name else "")
-    elif head in ("server", "router"):
+    elif head in ("server", "router", "yaze"):
         table = f"[{head}]"
     else:
         return f"key {'.'.join(map(str, loc))!r}"
@@ -288,6 +305,11 @@ def _check_references(cfg: GatewayConfig) -> None:
                 problems.append(f"{where}, key 'fallbacks': unknown model {f!r}")
             elif f == m.name:
                 problems.append(f"{where}, key 'fallbacks': a model cannot fall back to itself")
+
+    if cfg.yaze is not None:
+        for name in cfg.yaze.models:
+            if name not in model_names:
+                problems.append(f"{src}: [yaze], key 'models': unknown model {name!r}")
 
     deployed = {m.name for m in cfg.deployed_models}
     if cfg.router.default_model is not None and cfg.router.default_model not in deployed:

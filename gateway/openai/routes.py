@@ -21,7 +21,11 @@ async def read_json(request: Request) -> object:
         raise InvalidRequest(f"the request body is not valid JSON (or not UTF-8): {exc}") from None
 
 
+# Without /v1 too: clients that append /chat/completions to a bare base URL, and older YAZE
+# builds that append /v1/chat/completions to an OPENAI_BASE_URL which already ends in /v1.
 @router.post("/v1/chat/completions")
+@router.post("/chat/completions", include_in_schema=False)
+@router.post("/v1/v1/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
     return await request.app.state.openai.chat_completions(await read_json(request), request.state.request_id)
 
@@ -38,6 +42,8 @@ async def route(request: Request) -> Response:
 
 
 @router.get("/v1/models")
+@router.get("/models", include_in_schema=False)
+@router.get("/v1/v1/models", include_in_schema=False)
 async def list_models(request: Request) -> Response:
     created = request.app.state.started
     data = [{"id": name, "object": "model", "created": created, "owned_by": "oracle-council"}

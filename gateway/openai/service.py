@@ -9,12 +9,14 @@ from typing import Any, Literal
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+from gateway import toolcalls
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, validate
 from gateway.routing import ModelResolver
 from gateway.sse import sse_frames
+from gateway.yaze import YazeContext
 from router.decision import RoutingDecision
 
 log = logging.getLogger("oracle_council.access")
@@ -23,10 +25,12 @@ Api = Literal["chat", "completion"]
 
 
 class OpenAIService:
-    def __init__(self, resolver: ModelResolver, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(self, resolver: ModelResolver, dispatcher: Dispatcher, metrics: Metrics, *,
+                 context: YazeContext | None = None) -> None:
         self.resolver = resolver
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.context = context
 
     async def chat_completions(self, raw: Any, request_id: str) -> Response:
         req = validate(ChatCompletionRequest, raw)
@@ -47,6 +51,8 @@ class OpenAIService:
         decision: RoutingDecision | None = None
         try:
             decision = await self.resolver.decide(raw["model"], raw)
+            if self.context is not None and api == "chat":
+                raw = await self.context.enrich(decision.model, raw)
             body = raw
             client_wants_usage = False
             if stream:  # always ask for usage (for metrics); hide it again if the client did not
@@ -66,19 +72,26 @@ class OpenAIService:
         if served.fallback_from:
             headers["x-oracle-model"] = served.model.name
         name = served.model.name
+        tools = toolcalls.requested_tools(raw) if api == "chat" else None
 
         if not stream:
             response = served.response or {}
             response["model"] = name
+            if tools:
+                toolcalls.rewrite_completion(response, tools)
             self.metrics.in_flight.dec()
             self._account(api, name, served.backend, "ok", response.get("usage"), start, request_id)
             return Response(orjson.dumps(response), media_type="application/json", headers=headers)
+
+        calls = toolcalls.StreamRewriter(tools) if tools else None
 
         def rewrite(chunk: dict) -> dict | None:
             if not client_wants_usage and "usage" in chunk:
                 if not chunk.get("choices"):
                     return None
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            if calls is not None and calls(chunk) is None:
+                return None
             chunk["model"] = name
             return chunk
 
