@@ -1,0 +1,484 @@
+"""In-process backend: one transformers base model with many peft LoRA adapters.
+
+Options (``[backends.options]``):
+
+    base_model      path, Hugging Face id, or ``demo:base`` (required)
+    adapters        {name = path or "demo:<name>"}; each name is an ``upstream_model``
+    device          "auto" (cuda when available), "cpu", "cuda" or "cuda:N"; default "auto"
+    dtype           "auto" (bfloat16 on cuda, float32 on cpu), "float32", "bfloat16", "float16"
+    max_new_tokens  completion length when a request sets neither max_tokens nor
+                    max_completion_tokens; default 256
+
+``upstream_model = "base"`` runs the base model with every adapter disabled. Relative paths are
+relative to the config file; ``demo:`` refs are built on first use by ``training.demo``.
+
+Concurrency. Loading and every ``generate`` call run on one dedicated worker thread, and the
+worker holds ``_generate_lock`` from choosing the adapter (``set_adapter`` / ``disable_adapter``)
+until ``generate`` returns, so a request can never run under another request's adapter: requests
+are served one at a time, in arrival order, whatever their adapter. (Batching requests for mixed
+adapters is a later step.) Tokens reach the event loop through ``loop.call_soon_threadsafe`` into
+an ``asyncio.Queue``; the event loop never waits on the model.
+
+Cancellation. A client that goes away closes the stream (or cancels ``chat``); that sets the
+request's cancel flag, which a ``StoppingCriteria`` checks after every token, so the worker moves
+on to the next request within one decoding step. A request cancelled while queued never starts.
+
+Sampling follows the OpenAI API: ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``,
+``max_tokens`` / ``max_completion_tokens``, plus vLLM's ``top_k``, ``repetition_penalty``,
+``min_tokens`` and ``ignore_eos``; a knob the request leaves out takes the model's
+``generation_config`` value, else the neutral one. ``tools`` are ignored (the reply is plain
+text), as are ``logprobs``, penalties other than ``repetition_penalty`` and, on /v1/completions,
+``suffix`` (``echo`` works); ``n`` > 1 is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.backends.base import (Backend, Health, chat_chunk, chat_completion, completion_id, text_completion,
+                                   usage, wants_usage)
+from gateway.config import BackendSpec, GatewayConfig
+from gateway.errors import (ConfigError, GatewayError, InvalidRequest, UpstreamError, UpstreamStatusError,
+                            UpstreamUnavailable)
+
+logger = logging.getLogger(__name__)
+
+BASE = "base"  # the upstream_model name that means "no adapter"
+OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Sampling knobs a request may leave out: the model's generation_config fills them, else these.
+NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+Event = tuple  # ("start", prompt_tokens) | ("text", str) | ("end", finish_reason, completion_tokens)
+               # | ("error", exception): what the worker thread hands the event loop
+
+
+@dataclass(eq=False)  # identity semantics: jobs live in a set
+class _Job:
+    """One request as the worker thread sees it."""
+
+    adapter: str
+    messages: list[dict[str, str]] | None  # chat: rendered with the chat template
+    prompt: str | None                     # completions: used as is
+    max_new_tokens: int
+    min_new_tokens: int
+    sampling: dict[str, float | int]       # temperature/top_p/... as sent; empty = greedy
+    stop: list[str]
+    seed: int | None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def __init__(self, spec: BackendSpec, config: GatewayConfig) -> None:
+        super().__init__(spec, config)
+        opts = dict(spec.options)
+        where = f"{config.source}: [[backends]] (name = {spec.name!r}), options"
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        if not isinstance(opts.get("base_model"), str) or not opts["base_model"]:
+            raise ConfigError(f"{where}: 'base_model' is required (a path, a Hugging Face id or 'demo:base')")
+        adapters = opts.get("adapters", {})
+        if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+            raise ConfigError(f"{where}: 'adapters' must be a table of name = path")
+        if BASE in adapters:
+            raise ConfigError(f"{where}: adapter name {BASE!r} is reserved for the base model without adapters")
+        device = opts.get("device", "auto")
+        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise ConfigError(f"{where}: 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+        dtype = opts.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise ConfigError(f"{where}: 'dtype' must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        max_new = opts.get("max_new_tokens", 256)
+        if not isinstance(max_new, int) or max_new < 1:
+            raise ConfigError(f"{where}: 'max_new_tokens' must be a positive integer")
+
+        self.base_ref: str = opts["base_model"]
+        self.adapter_refs: dict[str, str] = dict(adapters)
+        self.device_option: str = device
+        self.dtype_option: str = dtype
+        self.max_new_tokens: int = max_new
+
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device: str = ""
+        self._context: int = 0  # the model's max positions: prompt + completion must fit
+        self._eos: set[int] = set()
+        self._pad: int = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{spec.name}")
+        self._generate_lock = threading.Lock()  # held across adapter choice + generate
+        self._jobs: set[_Job] = set()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the model on the worker thread (a no-op once loaded; the worker serialises calls)."""
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
+
+    async def aclose(self) -> None:
+        """Cancel every request, stop the worker and drop the model (freed once the worker is
+        done with it). The backend cannot serve afterwards."""
+        self._closed = True
+        for job in list(self._jobs):
+            job.cancelled.set()
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._model = self._tokenizer = None
+
+    async def health(self) -> Health:
+        if self._model is None:
+            return Health(False, "not loaded yet: start() loads the base model and adapters")
+        names = [BASE, *self.adapter_refs]
+        return Health(True, f"{self.base_ref} on {self._device}; adapters: {', '.join(self.adapter_refs) or '(none)'}",
+                      models=names)
+
+    def _resolve(self, ref: str) -> str:
+        """``demo:NAME`` → the built demo artifact; an existing path (relative to the config
+        file) → that path; anything else is taken as a Hugging Face id."""
+        if ref.startswith("demo:"):
+            from training.demo import demo_path
+
+            return str(demo_path(ref))
+        path = self.config.resolve_path(ref)
+        return path if Path(path).exists() else ref
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.device_option
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.dtype_option
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        base = self._resolve(self.base_ref)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device)
+            context = model.config.max_position_embeddings
+            if self.adapter_refs:
+                from peft import PeftModel
+
+                (first, path), *rest = self.adapter_refs.items()
+                with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                    model = PeftModel.from_pretrained(model, self._resolve(path), adapter_name=first)
+                for name, path in rest:
+                    model.load_adapter(self._resolve(path), adapter_name=name)
+        except (OSError, ValueError) as exc:
+            raise UpstreamUnavailable(f"backend {self.name!r} could not load {self.base_ref!r} "
+                                      f"with adapters {sorted(self.adapter_refs)}: {exc}", backend=self.name) from exc
+        model.eval()
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
+        self._tokenizer, self._device, self._context = tokenizer, device, context
+        self._model = model
+
+    # -- the OpenAI surface -------------------------------------------------------------------
+
+    async def chat(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        job = self._job(body, model, messages=_chat_messages(body))
+        text, finish, prompt_tokens, completion_tokens = await _collect(self._events(job))
+        return chat_completion(model=model, content=text, finish_reason=finish,
+                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    async def stream_chat(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
+        job = self._job(body, model, messages=_chat_messages(body))
+        id_, created = completion_id(), int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return chat_chunk(id=id_, model=model, created=created, delta=delta, finish_reason=finish)
+
+        async with contextlib.aclosing(self._events(job)) as events:
+            async for event in events:
+                if event[0] == "start":
+                    prompt_tokens = event[1]
+                    yield chunk({"role": "assistant", "content": ""})
+                elif event[0] == "text":
+                    yield chunk({"content": event[1]})
+                else:
+                    yield chunk({}, event[1])
+                    if wants_usage(body):
+                        yield {**chunk({}), "choices": [], "usage": usage(prompt_tokens, event[2])}
+
+    async def completion(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        prompt = _completion_prompt(body)
+        job = self._job(body, model, prompt=prompt)
+        text, finish, prompt_tokens, completion_tokens = await _collect(self._events(job))
+        if body.get("echo"):
+            text = prompt + text
+        return text_completion(model=model, text=text, finish_reason=finish,
+                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    async def stream_completion(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
+        prompt = _completion_prompt(body)
+        job = self._job(body, model, prompt=prompt)
+        id_, created = completion_id("cmpl"), int(time.time())
+
+        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            return text_completion(model=model, text=text, finish_reason=finish, prompt_tokens=0,
+                                   completion_tokens=0, id=id_, created=created, chunk=True)
+
+        async with contextlib.aclosing(self._events(job)) as events:
+            async for event in events:
+                if event[0] == "start":
+                    prompt_tokens = event[1]
+                    if body.get("echo"):
+                        yield chunk(prompt)
+                elif event[0] == "text":
+                    yield chunk(event[1])
+                else:
+                    yield chunk("", event[1])
+                    if wants_usage(body):
+                        yield {**chunk(""), "choices": [], "usage": usage(prompt_tokens, event[2])}
+
+    # -- requests → jobs → events -------------------------------------------------------------
+
+    def _job(self, body: dict[str, Any], model: str, *, messages: list[dict[str, str]] | None = None,
+             prompt: str | None = None) -> _Job:
+        """Validate a request (before anything is queued or sent) and describe it for the worker."""
+        if model != BASE and model not in self.adapter_refs:
+            known = ", ".join([BASE, *self.adapter_refs])
+            raise UpstreamStatusError(f"backend {self.name!r} has no adapter {model!r}; it serves: {known}. "
+                                      "Check upstream_model in the config.", upstream_status=404, backend=self.name)
+        if (body.get("n") or 1) != 1:
+            raise InvalidRequest("the local backend generates one choice per request; set n to 1", param="n")
+        max_new = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
+                       self.max_new_tokens)
+        if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+            raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
+        min_new = max_new if body.get("ignore_eos") else (body.get("min_tokens") or 0)
+        if not isinstance(min_new, int) or min_new < 0:
+            raise InvalidRequest("min_tokens must be a non-negative integer", param="min_tokens")
+        sampling = {k: body[k] for k in NEUTRAL if body.get(k) is not None}
+        for key, value in sampling.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise InvalidRequest(f"{key} must be a non-negative number", param=key)
+        if "top_p" in sampling and not 0 < sampling["top_p"] <= 1:
+            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidRequest("stop must be a string or a list of strings", param="stop")
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise InvalidRequest("seed must be an integer", param="seed")
+        return _Job(adapter=model, messages=messages, prompt=prompt, max_new_tokens=max_new,
+                    min_new_tokens=min(min_new, max_new), sampling=sampling, stop=[s for s in stop if s],
+                    seed=seed)
+
+    async def _events(self, job: _Job) -> AsyncIterator[Event]:
+        """Run ``job`` on the worker and yield its events; closing this generator cancels the job."""
+        if self._closed:
+            raise UpstreamUnavailable(f"backend {self.name!r} is shut down", backend=self.name)
+        if self._model is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:  # called on the worker thread
+            if not job.cancelled.is_set() and not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def finished(future: asyncio.Future) -> None:  # on the loop, after every event emitted
+            if future.cancelled():
+                queue.put_nowait(("error", UpstreamUnavailable(f"backend {self.name!r} is shutting down",
+                                                               backend=self.name)))
+            elif future.exception() is not None:
+                queue.put_nowait(("error", _as_gateway_error(future.exception(), self.name)))
+
+        self._jobs.add(job)
+        loop.run_in_executor(self._worker, self._run, job, emit).add_done_callback(finished)
+        try:
+            while True:
+                event = await queue.get()
+                if event[0] == "error":
+                    raise event[1]
+                yield event
+                if event[0] == "end":
+                    return
+        finally:
+            job.cancelled.set()
+            self._jobs.discard(job)
+
+    # -- the worker thread --------------------------------------------------------------------
+
+    def _run(self, job: _Job, emit: Callable[[Event], None]) -> None:
+        """Generate one reply, emitting events; runs on the worker thread only. The lock spans
+        the adapter choice and ``generate``: no other request can switch adapters in between."""
+        with self._generate_lock:
+            if not job.cancelled.is_set():
+                self._generate(job, emit)
+
+    def _generate(self, job: _Job, emit: Callable[[Event], None]) -> None:
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        model, tokenizer = self._model, self._tokenizer
+        if job.messages is not None:
+            text = tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(job.prompt)["input_ids"]
+        room = self._context - len(ids)
+        if room < 1 or not ids:
+            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model takes at most "
+                                 f"{self._context - 1} plus the completion",
+                                 param="messages" if job.messages is not None else "prompt")
+        emit(("start", len(ids)))
+
+        # do_sample and the knobs are given explicitly: generate() would otherwise fill unset ones
+        # from the model's generation_config, then from its own defaults (top_k=50). Greedy
+        # decoding leaves the sampling knobs out, so generate() has nothing to warn about.
+        knobs = {key: job.sampling.get(key, getattr(model.generation_config, key, None) or neutral)
+                 for key, neutral in NEUTRAL.items()}
+        sample = knobs["temperature"] > 0  # temperature 0 means greedy decoding
+        gen = GenerationConfig(max_new_tokens=min(job.max_new_tokens, room),
+                               min_new_tokens=min(job.min_new_tokens, room),
+                               eos_token_id=sorted(self._eos), pad_token_id=self._pad, do_sample=sample,
+                               **(knobs if sample else {"repetition_penalty": knobs["repetition_penalty"]}))
+
+        streamer = _Streamer(tokenizer, job.stop, emit, job.cancelled)
+        if job.seed is not None:
+            torch.manual_seed(job.seed)
+        input_ids = torch.tensor([ids], device=self._device)
+        with torch.inference_mode(), self._adapter(job.adapter):
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                 generation_config=gen, streamer=streamer,
+                                 stopping_criteria=StoppingCriteriaList([streamer]))
+        generated = out[0, len(ids):].tolist()
+        ended = streamer.stopped or (generated and generated[-1] in self._eos)
+        emit(("end", "stop" if ended else "length", len(generated)))
+
+    def _adapter(self, name: str) -> contextlib.AbstractContextManager:
+        """Select the adapter for the next generate; caller holds ``_generate_lock``."""
+        if not self.adapter_refs:  # a plain transformers model
+            return contextlib.nullcontext()
+        if name == BASE:
+            return self._model.disable_adapter()
+        self._model.set_adapter(name)
+        return contextlib.nullcontext()
+
+
+class _Streamer:
+    """Both ``generate``'s streamer and its stopping criterion, on the worker thread.
+
+    As a streamer (``put``/``end``) it decodes the new tokens and emits text, held back while it
+    could still be the start of a stop string or ends in an unfinished UTF-8 character; on a stop
+    string it emits the text before it and sets ``stopped``. As a stopping criterion
+    (``__call__``, checked after every token) it ends generation once ``stopped`` or cancelled.
+    """
+
+    def __init__(self, tokenizer: Any, stop: list[str], emit: Callable[[Event], None],
+                 cancelled: threading.Event) -> None:
+        self.tokenizer, self.stop, self.emit, self.cancelled = tokenizer, stop, emit, cancelled
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already emitted
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        if not self.stopped:
+            self.ids.extend(value.reshape(-1).tolist())
+            self._advance(final=False)
+
+    def end(self) -> None:
+        if not self.stopped:
+            self._advance(final=True)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        halt = self.stopped or self.cancelled.is_set()
+        return input_ids.new_full((input_ids.shape[0],), int(halt)).bool()
+
+    def _advance(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._send(text, max(self.sent, min(hits)))
+            return
+        safe = len(text)
+        if not final:
+            while safe > self.sent and text[safe - 1] == "\ufffd":  # a character still arriving
+                safe -= 1
+            held = max((k for s in self.stop for k in range(1, len(s)) if text[:safe].endswith(s[:k])), default=0)
+            safe -= held
+        self._send(text, safe)
+
+    def _send(self, text: str, upto: int) -> None:
+        if upto > self.sent:
+            self.emit(("text", text[self.sent:upto]))
+            self.sent = upto
+
+
+# -- request helpers --------------------------------------------------------------------------
+
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """OpenAI messages as plain {role, content} text; ``developer`` becomes ``system``."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list", param="messages")
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            if any(part.get("type") != "text" for part in content):
+                raise InvalidRequest("the local backend accepts text content only", param="messages")
+            content = "".join(part.get("text", "") for part in content)
+        role = m.get("role")
+        out.append({"role": "system" if role == "developer" else role, "content": content or ""})
+    return out
+
+
+def _completion_prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string (one prompt per request on the local backend)", param="prompt")
+    return prompt
+
+
+async def _collect(events: AsyncIterator[Event]) -> tuple[str, str, int, int]:
+    """Drain a job's events: (text, finish_reason, prompt_tokens, completion_tokens)."""
+    parts: list[str] = []
+    prompt_tokens = 0
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event[0] == "start":
+                prompt_tokens = event[1]
+            elif event[0] == "text":
+                parts.append(event[1])
+            else:
+                return "".join(parts), event[1], prompt_tokens, event[2]
+    raise AssertionError("a job's events always end with 'end' or raise")
+
+
+def _as_gateway_error(exc: BaseException, backend: str) -> BaseException:
+    """Request errors pass as they are; anything else (out of memory, a CUDA fault) becomes a
+    502 that names the backend."""
+    if isinstance(exc, GatewayError):
+        return exc
+    logger.error("backend %r: generation failed", backend, exc_info=exc)
+    return UpstreamError(f"backend {backend!r}: generation failed: {exc!r}", backend=backend)
