@@ -13,8 +13,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("oracle_council.access")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -40,6 +45,18 @@ class Metrics:
         self.circuit_open = Gauge("oracle_circuit_open", "1 while the deployment's circuit is open",
                                   ["backend", "upstream_model"], registry=r)
         self.in_flight = Gauge("oracle_in_flight", "Requests being served", registry=r)
+
+    def account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
+                request_id: str) -> None:
+        """Count a finished request (``start`` is its ``perf_counter``) and write its access-log line."""
+        elapsed = time.perf_counter() - start
+        self.requests.labels(api, model, backend, status).inc()
+        self.request_seconds.labels(api, model).observe(elapsed)
+        if usage:
+            self.count_usage(model, backend, usage)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f", request_id, api, model, backend, status,
+                     elapsed * 1000)
 
     def count_usage(self, model: str, backend: str, usage: dict | None) -> None:
         if not isinstance(usage, dict):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -49,8 +48,6 @@ from gateway.openai.protocol import validate
 from gateway.routing import ModelResolver
 from gateway.yaze import YazeContext
 from router.decision import RoutingDecision
-
-log = logging.getLogger("oracle_council.access")
 
 # The Ollama version this API matches; some clients check it before using tools or formats.
 OLLAMA_VERSION = "0.12.6"
@@ -128,7 +125,7 @@ class OllamaService:
                                       "or stream", retryable=False) from None
         except GatewayError as exc:
             self.metrics.in_flight.dec()
-            self._account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None, start,
+            self.metrics.account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None, start,
                           request_id)
             raise
         except BaseException:
@@ -143,13 +140,13 @@ class OllamaService:
         if not stream:
             response = served.response or {}
             self.metrics.in_flight.dec()
-            self._account(api, shape.model, served.backend, "ok", response.get("usage"), start, request_id)
+            self.metrics.account(api, shape.model, served.backend, "ok", response.get("usage"), start, request_id)
             return Response(orjson.dumps(shape.whole(response, timing)), media_type="application/json",
                             headers=headers)
 
         def on_end(status: str) -> None:
             self.metrics.in_flight.dec()
-            self._account(api, shape.model, served.backend, status, shape.usage, start, request_id)
+            self.metrics.account(api, shape.model, served.backend, status, shape.usage, start, request_id)
 
         assert served.rest is not None
         return StreamingResponse(ndjson_lines(shape.parts(served, timing), close=served.rest.aclose, on_end=on_end),
@@ -160,16 +157,6 @@ class OllamaService:
         out = {"model": name, "created_at": _now(), **part, "done": True, "done_reason": "load"}
         return Response(orjson.dumps(out), media_type="application/json")
 
-    def _account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
-                 request_id: str) -> None:
-        elapsed = time.perf_counter() - start
-        self.metrics.requests.labels(api, model, backend, status).inc()
-        self.metrics.request_seconds.labels(api, model).observe(elapsed)
-        if usage:
-            self.metrics.count_usage(model, backend, usage)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f", request_id, api, model, backend, status,
-                     elapsed * 1000)
 
     # -- /api/tags, /api/show, /api/ps, /api/version ----------------------------------------------
     def tags(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Literal
 
@@ -18,8 +17,6 @@ from gateway.routing import ModelResolver
 from gateway.sse import sse_frames
 from gateway.yaze import YazeContext
 from router.decision import RoutingDecision
-
-log = logging.getLogger("oracle_council.access")
 
 Api = Literal["chat", "completion"]
 
@@ -63,7 +60,7 @@ class OpenAIService:
         except GatewayError as exc:
             self.metrics.in_flight.dec()
             model = decision.model if decision else str(raw.get("model", ""))[:64]
-            self._account(api, model, "-", f"error_{exc.status_code}", None, start, request_id)
+            self.metrics.account(api, model, "-", f"error_{exc.status_code}", None, start, request_id)
             raise
         except BaseException:
             self.metrics.in_flight.dec()
@@ -80,7 +77,7 @@ class OpenAIService:
             if tools:
                 toolcalls.rewrite_completion(response, tools)
             self.metrics.in_flight.dec()
-            self._account(api, name, served.backend, "ok", response.get("usage"), start, request_id)
+            self.metrics.account(api, name, served.backend, "ok", response.get("usage"), start, request_id)
             return Response(orjson.dumps(response), media_type="application/json", headers=headers)
 
         calls = toolcalls.StreamRewriter(tools) if tools else None
@@ -97,21 +94,11 @@ class OpenAIService:
 
         def on_end(status: str, usage: dict | None) -> None:
             self.metrics.in_flight.dec()
-            self._account(api, name, served.backend, status, usage, start, request_id)
+            self.metrics.account(api, name, served.backend, status, usage, start, request_id)
 
         assert served.first is not None and served.rest is not None
         return StreamingResponse(sse_frames(served.first, served.rest, rewrite=rewrite, on_end=on_end),
                                  media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    def _account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
-                 request_id: str) -> None:
-        elapsed = time.perf_counter() - start
-        self.metrics.requests.labels(api, model, backend, status).inc()
-        self.metrics.request_seconds.labels(api, model).observe(elapsed)
-        if usage:
-            self.metrics.count_usage(model, backend, usage)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f", request_id, api, model, backend, status,
-                     elapsed * 1000)
 
