@@ -16,11 +16,12 @@ COPY router ./router
 COPY training ./training
 COPY eval ./eval
 COPY config ./config
-RUN pip install '.[local,litellm]'
+RUN pip install '.[local,litellm,embed,gemini]'
 
 USER oracle
-# Build the embedded default's tiny model and adapters now, so the container starts offline.
-RUN oracle-council demo
+# Build the embedded default's tiny model and adapters now, so the container starts offline;
+# routing one prompt trains and caches the default router classifier the same way.
+RUN oracle-council demo && oracle-council route "warm up the router" > /dev/null
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
-EXTRAS ?= local,litellm,test
+EXTRAS ?= local,litellm,embed,gemini,test
 PYTEST_ARGS ?=
 
 .PHONY: install vllm run demo test test-fast bench check docker clean

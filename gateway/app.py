@@ -39,6 +39,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends: dict[str, Backend] = {}
+        resolver: ModelResolver | None = None
         context = YazeContext(config.yaze, config) if config.yaze else None
         used = {d.backend for m in config.deployed_models for d in m.all_deployments()}
         try:
@@ -51,7 +52,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if context is not None:
                 await context.start()  # fetches YAZE's symbols in the background
             metrics = Metrics()
-            resolver = ModelResolver(config)
+            resolver = ModelResolver(config, metrics=metrics)
+            resolver.start()  # the router's classifiers load on a worker thread, off the event loop
             dispatcher = Dispatcher(config, backends, metrics)
             app.state.config = config
             app.state.backends = backends
@@ -67,6 +69,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
                      len(config.deployed_models), len(backends), config.source)
             yield
         finally:
+            if resolver is not None:
+                resolver.close()
             await asyncio.gather(*(b.aclose() for b in backends.values()), *([context.aclose()] if context else []),
                                  return_exceptions=True)
 

@@ -4,6 +4,11 @@
     oracle-council demo [--home DIR]                             build the embedded default's model
     oracle-council check --config FILE                           validate a registry and list it
     oracle-council bench gateway [...]                           added latency versus the upstream
+    oracle-council route [--config FILE] [--json] "prompt"       the routing decision for a prompt
+    oracle-council route [--config FILE] --batch IN.jsonl        one decision per line, as JSON
+    oracle-council router train [--data FILE] [--output DIR]     train the embedding classifier
+    oracle-council eval routing --data FILE [--config] [--output DIR]   routing accuracy vs baselines
+    oracle-council bench router [...]                            routing decision latency
 """
 
 from __future__ import annotations
@@ -55,6 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     from eval.bench_gateway import add_arguments
     add_arguments(bg)
     bg.set_defaults(func=_bench_gateway)
+    br = bsub.add_parser("router", help="routing decision latency: uncached, cached, batched, by length and labels")
+    br.add_argument("--config", help="registry TOML file (default: the embedded one)")
+    br.add_argument("--iterations", type=int, default=200, help="timed decisions per measurement")
+    br.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    br.set_defaults(func=_bench_router)
+
+    r = sub.add_parser("route", help="print the routing decision for a prompt (or --batch IN.jsonl)")
+    from gateway.route_cli import add_arguments as add_route_arguments
+    add_route_arguments(r)
+    r.set_defaults(func=_route)
+
+    rt = sub.add_parser("router", help="the router's classifier")
+    rtsub = rt.add_subparsers(metavar="WHAT")
+    tr = rtsub.add_parser("train", help="train the embedding classifier; writes heads and metadata to a folder")
+    tr.add_argument("--data", help="labelled prompts, JSONL (default: the shipped router/data/train.jsonl)")
+    tr.add_argument("--output", default="router-classifier", help="folder to write (default: router-classifier)")
+    tr.add_argument("--model", help="sentence-transformers model (default: the offline all-MiniLM-L6-v2)")
+    tr.set_defaults(func=_router_train)
+
+    e = sub.add_parser("eval", help="evaluations")
+    esub = e.add_subparsers(metavar="WHAT")
+    er = esub.add_parser("routing", help="routing accuracy on labelled prompts, beside keyword and centroid baselines")
+    er.add_argument("--data", required=True, help="labelled prompts, JSONL (prompt, label, task_type, domains)")
+    er.add_argument("--config", help="registry TOML file whose [router] is evaluated (default: the embedded one)")
+    er.add_argument("--output", help="folder for report.json, decisions.jsonl and the confusion-matrix PNGs")
+    er.set_defaults(func=_eval_routing)
     return p
 
 
@@ -94,6 +125,35 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  {'*' if m.deployed else ' '} {m.name:<20} {m.oracle:<14} {where}")
     print(f"  oracle-council -> {config.default_model_name()} (policy {config.router.policy})")
     return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from gateway.route_cli import run
+
+    return run(args)
+
+
+def _router_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from router.train import TrainConfig, summary, train
+
+    logging.basicConfig(level="INFO", format="%(message)s")
+    config = TrainConfig(model=args.model) if args.model else TrainConfig()
+    print(summary(train(args.data, Path(args.output), config, threads=1)))
+    return 0
+
+
+def _eval_routing(args: argparse.Namespace) -> int:
+    from eval.routing import run
+
+    return run(args)
+
+
+def _bench_router(args: argparse.Namespace) -> int:
+    from eval.bench_router import run
+
+    return run(args)
 
 
 def _bench_gateway(args: argparse.Namespace) -> int:

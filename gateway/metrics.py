@@ -9,6 +9,9 @@
     oracle_fallbacks_total{from_model,to_model}            a request served by a fallback
     oracle_circuit_open{backend,upstream_model}            1 while a circuit is open
     oracle_in_flight                                       requests being served
+    oracle_router_decisions_total{router,specialist}       routing decisions (router = embedding, gemini, cache, fallback ...)
+    oracle_router_classifier_total{classifier,outcome}     classifier calls: outcome = ok or the error's class
+    oracle_router_seconds{router}                          time to decide (classification, cache lookup)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("oracle_council.access")
 
+_ROUTER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -45,6 +49,12 @@ class Metrics:
         self.circuit_open = Gauge("oracle_circuit_open", "1 while the deployment's circuit is open",
                                   ["backend", "upstream_model"], registry=r)
         self.in_flight = Gauge("oracle_in_flight", "Requests being served", registry=r)
+        self.router_decisions = Counter("oracle_router_decisions", "Routing decisions by router and specialist label",
+                                        ["router", "specialist"], registry=r)
+        self.router_classifier = Counter("oracle_router_classifier", "Classifier calls by outcome",
+                                         ["classifier", "outcome"], registry=r)
+        self.router_seconds = Histogram("oracle_router_seconds", "Time to a routing decision", ["router"],
+                                        buckets=_ROUTER_BUCKETS, registry=r)
 
     def account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
                 request_id: str) -> None:

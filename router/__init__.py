@@ -1,2 +1,9 @@
-"""Routing: which specialist answers a prompt. ``router.decision.RoutingDecision`` is the
-typed result every router returns (design.md section 3)."""
+"""The router: which specialist answers a prompt (design.md sections 1 and 3).
+
+``router.taxonomy`` is the taxonomy as data; ``router.base`` the classifier interface and
+registry; ``router.embedding`` (sentence-transformers + scikit-learn) and ``router.gemini``
+(google-genai) the two classifiers; ``router.cascade`` combines them by policy behind a decision
+cache; ``router.train`` trains the embedding classifier. Every router returns a
+``router.decision.RoutingDecision``. Nothing here imports ``gateway``, and nothing heavy (torch,
+sentence-transformers, scikit-learn, google-genai) is imported until a classifier is built.
+"""

@@ -1,0 +1,54 @@
+"""Classifier.decide: one rule for every classifier (best label, cross-domain, within an oracle)."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.base import Scores, create
+from router.errors import NoDecision
+from router.taxonomy import ROUTE_LABELS, SPECIALISTS, oracle_of, specialists_of
+from tests.router.fakes import FakeClassifier
+
+
+def test_taxonomy_is_the_design():
+    assert len(SPECIALISTS) == 11 and len(ROUTE_LABELS) == 13
+    assert specialists_of("oracle-nayru") == ("nayru-lorekeeper", "impa-archivist", "kaepora-teacher")
+    assert oracle_of("zelda-scribe") == "oracle-farore" and oracle_of("out-of-scope") == "system"
+
+
+def test_best_label_with_task_type():
+    clf = FakeClassifier("euclid-asm", task="asm_hook")
+    d = clf.decide(clf.score(["x"])[0])
+    assert (d.model, d.specialist, d.oracle, d.task_type, d.cross_domain, d.router) == \
+        ("euclid-asm", "euclid-asm", "oracle-din", "asm_hook", False, "embedding")
+    assert d.confidence == pytest.approx(0.9)
+
+
+def test_two_oracles_make_a_prompt_cross_domain():
+    clf = FakeClassifier("saria-voice", oracles={"oracle-farore": 0.95, "oracle-din": 0.8, "oracle-nayru": 0.1})
+    clf.cross_domain_threshold = 0.7
+    d = clf.decide(clf.score(["x"])[0])
+    assert d.cross_domain and d.specialist == "master-sword" and d.model == "master-sword" and d.oracle == "system"
+    assert "oracle-din" in d.reason and d.task_type is None
+    clf.cross_domain_threshold = 0.9
+    assert clf.decide(clf.score(["x"])[0]).specialist == "saria-voice"
+
+
+def test_out_of_scope_is_served_by_master_sword_but_keeps_its_label():
+    clf = FakeClassifier("out-of-scope", oracles={"oracle-din": 0.9, "oracle-farore": 0.9})
+    d = clf.decide(clf.score(["x"])[0])
+    assert (d.model, d.specialist, d.cross_domain) == ("master-sword", "out-of-scope", False)
+
+
+def test_within_an_oracle_only_its_specialists_compete():
+    clf = FakeClassifier("euclid-asm", confidence=0.9)
+    d = clf.decide(clf.score(["x"])[0], within="oracle-farore")
+    assert d.specialist == "saria-voice" and d.oracle == "oracle-farore" and not d.cross_domain
+    with pytest.raises(NoDecision):
+        clf.decide(Scores(labels={"euclid-asm": 1.0}), within="oracle-nayru")
+
+
+def test_registry_builds_registered_classifiers():
+    assert isinstance(create("fake", label="zelda-scribe"), FakeClassifier)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        create("nope")
