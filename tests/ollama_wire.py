@@ -35,61 +35,30 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 from datetime import datetime, timezone
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
+
+from tests.serving import ThreadedASGIServer
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 VERSION = "0.12.6"
 DEFAULT_MODELS = ("euclid-asm:latest", "seph-tilesmith:latest", "qwen2.5-coder:1.5b")
 
 
-class OllamaWireServer:
+class OllamaWireServer(ThreadedASGIServer):
+    label = "Ollama wire test server"
+
     def __init__(self, models: tuple[str, ...] = DEFAULT_MODELS, *, slow_seconds: float = 1.0) -> None:
         self.models = models
         self.slow_seconds = slow_seconds
         self.requests: list[dict[str, Any]] = []  # {"path": ..., "body": ...}
         self.app = self._build_app()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def last_request(self) -> dict[str, Any]:
         return self.requests[-1]["body"]
-
-    # -- lifecycle: uvicorn in a daemon thread on a free port ------------------------------
-    def start(self) -> "OllamaWireServer":
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="ollama-wire", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Ollama wire test server did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "OllamaWireServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- the app ---------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:

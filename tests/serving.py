@@ -26,6 +26,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ThreadedASGIServer:
+    """An ASGI app (``self.app``, set by the subclass) under uvicorn in a daemon thread, on a free
+    loopback port: the base of the wire-format test servers. Use as a context manager."""
+
+    app: object
+    label = "test server"
+    port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=self.label, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"the {self.label} did not start")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if getattr(self, "_server", None) is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
 class RunningGateway:
     url: str

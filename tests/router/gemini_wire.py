@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
+
+from tests.serving import ThreadedASGIServer
 from fastapi.responses import JSONResponse
 
 _STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
@@ -49,46 +48,17 @@ DEFAULT = Reply(json={"specialist": "seph-tilesmith", "task_type": None, "cross_
                       "confidence": 0.93, "reason": "tile format question"})
 
 
-class GeminiWireServer:
+class GeminiWireServer(ThreadedASGIServer):
+    label = "Gemini wire test server"
+
     def __init__(self, default: Reply = DEFAULT) -> None:
         self.default = default
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self.app = self._build_app()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def script(self, *replies: Reply) -> None:
         self._script.extend(replies)
-
-    def start(self) -> "GeminiWireServer":
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="gemini-wire", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Gemini wire test server did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "GeminiWireServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()
