@@ -109,8 +109,11 @@ class Served:
         return self.target.backend.name
 
     def headers(self) -> dict[str, str]:
+        """Headers about who served the request; they override the routing decision's
+        ``x-oracle-model`` when a fallback answered instead of the decided model."""
         h = {"x-oracle-backend": self.backend}
         if self.fallback_from:
+            h["x-oracle-model"] = self.model.name
             h["x-oracle-fallback"] = ">".join([*self.fallback_from, self.model.name])
         return h
 

@@ -125,15 +125,13 @@ class OllamaService:
                                       "or stream", retryable=False) from None
         except GatewayError as exc:
             self.metrics.in_flight.dec()
-            self.metrics.account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None, start,
-                          request_id)
+            self.metrics.account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None,
+                                 start, request_id)
             raise
         except BaseException:
             self.metrics.in_flight.dec()
             raise
         headers = {**decision.headers(), **served.headers()}
-        if served.fallback_from:
-            headers["x-oracle-model"] = served.model.name
         shape = _Shape(served.model.name, chat=api == "ollama_chat", completion=completion, as_json=as_json,
                        tools=tools)
 

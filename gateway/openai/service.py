@@ -66,8 +66,6 @@ class OpenAIService:
             self.metrics.in_flight.dec()
             raise
         headers = {**decision.headers(), **served.headers()}
-        if served.fallback_from:
-            headers["x-oracle-model"] = served.model.name
         name = served.model.name
         tools = toolcalls.requested_tools(raw) if api == "chat" else None
 
