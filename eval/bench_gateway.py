@@ -1,6 +1,7 @@
 """Added latency of the gateway versus calling the same upstream directly, in one run.
 
     oracle-council bench gateway [--requests 2000] [--rps 100] [--seconds 10] [--concurrency 32]
+                                 [--litellm .venv-litellm/bin/litellm]
 
 Starts the loopback upstream (eval/loopback_upstream.py) and the gateway as separate processes
 on loopback, with a config whose one model points at the upstream, then sends the same
@@ -11,9 +12,14 @@ request stream to both targets:
 2. fixed rate: an open-loop schedule at ``--rps`` for ``--seconds`` per target;
 3. saturation: ``--concurrency`` connections in a closed loop for ``--seconds`` per target.
 
-"Added" is the gateway's percentile minus the direct percentile. The client is a bare asyncio
-HTTP/1.1 client so that its own cost stays small and equal on both sides. CPU seconds and peak
-RSS of the gateway process come from /proc. Results print as a table; ``--json FILE`` keeps them.
+When the LiteLLM proxy is installed (``eval/install-litellm-proxy.sh``, its own venv) it is a
+third target: started with a one-model config pointing at the same upstream, it gets every phase
+exactly as the gateway does, and the table adds the ratios gateway/litellm.
+
+"Added" is a target's percentile minus the direct percentile. The client is a bare asyncio
+HTTP/1.1 client so that its own cost stays small and equal on all sides. CPU seconds and peak
+RSS of the gateway (and LiteLLM) process come from /proc. Results print as a table; ``--json FILE``
+keeps them.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="length of the fixed-rate and saturation phases")
     p.add_argument("--concurrency", type=int, default=32, help="connections in the saturation phase")
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
+    p.add_argument("--litellm", help="the LiteLLM proxy's executable, a third target "
+                   "(default: .venv-litellm/bin/litellm when it exists)")
 
 
 # -- a lean HTTP/1.1 client ---------------------------------------------------------------------
@@ -189,7 +197,12 @@ def _proc_usage(pid: int) -> tuple[float, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port, ll_port = _free_port(), _free_port(), _free_port()
+    litellm = args.litellm or (".venv-litellm/bin/litellm" if Path(".venv-litellm/bin/litellm").exists() else None)
+    if litellm is None:
+        print("LiteLLM proxy not installed (eval/install-litellm-proxy.sh): measuring direct and gateway only")
+    elif not Path(litellm).exists():
+        raise SystemExit(f"--litellm {litellm}: no such file")
     tmp = Path(tempfile.mkdtemp(prefix="oc-bench-"))
     cfg = tmp / "bench.toml"
     cfg.write_text(f"""
@@ -207,18 +220,34 @@ oracle = "oracle-din"
 backend = "upstream"
 upstream_model = "echo"
 """)
+    ll_cfg = tmp / "litellm.yaml"
+    ll_cfg.write_text(json.dumps({"model_list": [{"model_name": "euclid-asm", "litellm_params": {
+        "model": "openai/echo", "api_base": f"http://127.0.0.1:{up_port}/v1", "api_key": "none"}}]}))
     procs = [subprocess.Popen([sys.executable, "-m", "eval.loopback_upstream", "--port", str(up_port)],
                               stdout=subprocess.DEVNULL)]
     procs.append(subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
                                    "--port", str(gw_port), "--log-level", "warning"]))
+    if litellm:  # as environment.md says; its log goes to a file so that the table stays readable
+        env = os.environ | {"LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+                            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        procs.append(subprocess.Popen([litellm, "--config", str(ll_cfg), "--host", "127.0.0.1",
+                                       "--port", str(ll_port)], env=env, stdout=(tmp / "litellm.log").open("w"),
+                                      stderr=subprocess.STDOUT))
     try:
         _wait_http(f"http://127.0.0.1:{up_port}/healthz", procs[0])
         _wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[1])
-        results = asyncio.run(_measure(args, up_port, gw_port, procs[1].pid))
+        if litellm:
+            _wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", procs[2], timeout=120)
+        results = asyncio.run(_measure(args, up_port, {"gateway": (gw_port, procs[1].pid)} | (
+            {"litellm": (ll_port, procs[2].pid)} if litellm else {})))
     finally:
         for p in procs:
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     _print(results)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
@@ -226,24 +255,28 @@ upstream_model = "echo"
     return 0
 
 
-async def _measure(args: argparse.Namespace, up_port: int, gw_port: int, gw_pid: int) -> dict:
+async def _measure(args: argparse.Namespace, up_port: int, proxies: dict[str, tuple[int, int]]) -> dict:
+    """``proxies``: name -> (port, pid) of the gateway and, when installed, the LiteLLM proxy."""
     path = "/v1/chat/completions"
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                              "platform": platform.platform()}, "args": vars(args) | {"func": None}}
-    cpu0, _ = _proc_usage(gw_pid)
+    cpu0 = {name: _proc_usage(pid)[0] for name, (_, pid) in proxies.items()}
     for stream in (False, True):
         mode = "stream" if stream else "non_stream"
-        targets = {"direct": (up_port, request_bytes("127.0.0.1", up_port, path, "echo", stream)),
-                   "gateway": (gw_port, request_bytes("127.0.0.1", gw_port, path, "euclid-asm", stream))}
+        targets = {"direct": (up_port, request_bytes("127.0.0.1", up_port, path, "echo", stream))} | {
+            name: (port, request_bytes("127.0.0.1", port, path, "euclid-asm", stream))
+            for name, (port, _) in proxies.items()}
         lat = await sequential(targets, args.requests)
         res[f"sequential_{mode}"] = _summary(lat)
         rate = {name: await fixed_rate(port, raw, args.rps, args.seconds) for name, (port, raw) in targets.items()}
         res[f"rate_{int(args.rps)}_{mode}"] = _summary(rate)
         sat = {name: await saturation(port, raw, args.concurrency, args.seconds)
                for name, (port, raw) in targets.items()}
-        res[f"saturation_{mode}"] = {"rps": sat, "gateway_over_direct": sat["gateway"] / sat["direct"]}
-    cpu1, peak = _proc_usage(gw_pid)
-    res["gateway_process"] = {"cpu_seconds": cpu1 - cpu0, "peak_rss_mb": peak / 2**20}
+        res[f"saturation_{mode}"] = {"rps": sat, "gateway_over_direct": sat["gateway"] / sat["direct"]} | (
+            {"gateway_over_litellm": sat["gateway"] / sat["litellm"]} if "litellm" in sat else {})
+    for name, (_, pid) in proxies.items():
+        cpu1, peak = _proc_usage(pid)
+        res[f"{name}_process"] = {"cpu_seconds": cpu1 - cpu0[name], "peak_rss_mb": peak / 2**20}
     return res
 
 
@@ -252,27 +285,36 @@ def _summary(lat: dict[str, list[float]]) -> dict:
     for name, values in lat.items():
         out[name] = {f"p{q}": pct(values, q) * 1000 for q in (50, 95, 99)} | {
             "mean": statistics.fmean(values) * 1000, "n": len(values)}
-    out["added_ms"] = {k: out["gateway"][k] - out["direct"][k] for k in ("p50", "p95", "p99")}
+    q = ("p50", "p95", "p99")
+    out["added_ms"] = {k: out["gateway"][k] - out["direct"][k] for k in q}
+    if "litellm" in out:
+        out["litellm_added_ms"] = {k: out["litellm"][k] - out["direct"][k] for k in q}
+        out["added_gateway_over_litellm"] = {k: out["added_ms"][k] / out["litellm_added_ms"][k] for k in q}
     return out
 
 
 def _print(res: dict) -> None:
     print(f"\nmachine: {res['machine']['cpus']} CPUs, Python {res['machine']['python']}")
     print(f"{'phase':<28}{'target':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    ll = "litellm_process" in res
+    rows = (("direct", "direct"), ("gateway", "gateway"), ("added_ms", "added gw")) + (
+        (("litellm", "litellm"), ("litellm_added_ms", "added ll"), ("added_gateway_over_litellm", "gw/ll"))
+        if ll else ())
     for phase, data in res.items():
         if phase.startswith(("sequential", "rate")):
-            for target in ("direct", "gateway"):
-                d = data[target]
-                print(f"{phase:<28}{target:<10}{d['p50']:>9.3f}{d['p95']:>9.3f}{d['p99']:>9.3f}")
-            a = data["added_ms"]
-            print(f"{phase:<28}{'added':<10}{a['p50']:>9.3f}{a['p95']:>9.3f}{a['p99']:>9.3f}")
+            for key, label in rows:
+                d, f = data[key], ".3g" if label == "gw/ll" else ".3f"
+                print(f"{phase:<28}{label:<10}{d['p50']:>9{f}}{d['p95']:>9{f}}{d['p99']:>9{f}}")
     for phase, data in res.items():
         if phase.startswith("saturation"):
             r = data["rps"]
             print(f"{phase:<28}direct {r['direct']:.0f} req/s, gateway {r['gateway']:.0f} req/s "
-                  f"(gateway/direct {data['gateway_over_direct']:.2f})")
-    g = res["gateway_process"]
-    print(f"gateway process: {g['cpu_seconds']:.1f} CPU s over the run, peak RSS {g['peak_rss_mb']:.0f} MB")
+                  f"(gateway/direct {data['gateway_over_direct']:.2f})" + (
+                      f", litellm {r['litellm']:.0f} req/s (gateway/litellm {data['gateway_over_litellm']:.2f})"
+                      if ll else ""))
+    for name in ("gateway", "litellm") if ll else ("gateway",):
+        g = res[f"{name}_process"]
+        print(f"{name} process: {g['cpu_seconds']:.1f} CPU s over the run, peak RSS {g['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
