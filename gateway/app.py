@@ -82,6 +82,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
     _add_error_handlers(app)
     keys = [k for k in (resolve_secret(v) for v in config.server.api_keys) if k]
     app.add_middleware(GatewayMiddleware, api_keys=keys, max_body=config.server.max_request_bytes)
+    if config.server.cors_origins:  # outermost, so preflight requests need no API key
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id", "x-oracle-model", "x-oracle-router",
+                                                                 "x-oracle-confidence", "x-oracle-fallback"])
     return app
 
 

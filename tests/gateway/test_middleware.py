@@ -64,3 +64,19 @@ def test_oversized_chunked_body_is_413_too(keyed):
         yield b'"}]}'
     r = httpx.post(keyed.v1 + "/chat/completions", content=gen(), headers={"authorization": f"Bearer {KEY}"})
     assert r.status_code == 413
+
+
+def test_cors_origins_allow_browser_callers(upstream):
+    text = one_backend_config(upstream.base_url).replace(
+        "[[backends]]", '[server]\ncors_origins = ["http://localhost:3000"]\napi_keys = ["k"]\n\n[[backends]]', 1)
+    with serve(text) as gw:
+        pre = httpx.options(gw.v1 + "/chat/completions", headers={
+            "origin": "http://localhost:3000", "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type"})
+        other = httpx.options(gw.v1 + "/chat/completions", headers={
+            "origin": "http://evil.example", "access-control-request-method": "POST"})
+        r = httpx.get(gw.v1 + "/models", headers={"origin": "http://localhost:3000", "authorization": "Bearer k"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "access-control-allow-origin" not in other.headers
+    assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "x-request-id" in r.headers["access-control-expose-headers"]
