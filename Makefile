@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
-EXTRAS ?= local,litellm,embed,gemini,test
+EXTRAS ?= local,train,litellm,embed,gemini,eval,llamacpp,test
 PYTEST_ARGS ?=
 
 .PHONY: install vllm run demo test test-fast bench check docker clean

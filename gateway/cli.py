@@ -9,6 +9,13 @@
     oracle-council router train [--data FILE] [--output DIR]     train the embedding classifier
     oracle-council eval routing --data FILE [--config] [--output DIR]   routing accuracy vs baselines
     oracle-council bench router [...]                            routing decision latency
+    oracle-council bench train [...]                             LoRA training throughput vs a plain loop
+    oracle-council data prepare --input PATH... --output DIR     datasets -> train/val/test splits
+    oracle-council train --data DIR --base-model M --specialist S --output DIR   train a LoRA adapter
+    oracle-council train --plan [...]                            estimate training memory
+    oracle-council export --adapter DIR --format F --output DIR  vllm | gguf | ollama | merged
+    oracle-council eval ab --gateway URL --data FILE --output DIR   offline A/B of two arms
+    oracle-council eval ab-online --db FILE                     the online A/B log, summarized
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--iterations", type=int, default=200, help="timed decisions per measurement")
     br.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     br.set_defaults(func=_bench_router)
+    _attach(bsub, "train", "LoRA training throughput, peak memory and MFU beside a plain transformers+peft loop",
+            "eval.bench_train")
 
     r = sub.add_parser("route", help="print the routing decision for a prompt (or --batch IN.jsonl)")
     from gateway.route_cli import add_arguments as add_route_arguments
@@ -86,7 +95,27 @@ def _parser() -> argparse.ArgumentParser:
     er.add_argument("--config", help="registry TOML file whose [router] is evaluated (default: the embedded one)")
     er.add_argument("--output", help="folder for report.json, decisions.jsonl and the confusion-matrix PNGs")
     er.set_defaults(func=_eval_routing)
+    _attach(esub, "ab", "offline A/B: every sample to each arm through the gateway's HTTP API, scored, with a report",
+            "eval.ab.cli")
+    _attach(esub, "ab-online", "summarize the gateway's online A/B log (SQLite)", "eval.ab.online")
+
+    dt = sub.add_parser("data", help="training datasets")
+    dsub = dt.add_subparsers(metavar="WHAT")
+    _attach(dsub, "prepare", "normalize, filter, deduplicate and split the users' datasets", "training.prepare")
+    _attach(sub, "train", "train a LoRA specialist (or --plan: estimate its memory)", "training.train_cli")
+    _attach(sub, "export", "export an adapter for vLLM, llama.cpp/Ollama (GGUF + Modelfile) or merged", "training.export")
     return p
+
+
+def _attach(subparsers, name: str, help: str, module: str) -> None:
+    """A subcommand whose arguments and body live in ``module`` (``add_arguments(parser)``,
+    ``run(args)``); the module's top level imports only the standard library."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    parser = subparsers.add_parser(name, help=help, description=help)
+    mod.add_arguments(parser)
+    parser.set_defaults(func=mod.run)
 
 
 def _serve(args: argparse.Namespace) -> int:
