@@ -97,7 +97,12 @@ class LoopbackUpstream:
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0"))
                 body = await reader.readexactly(length) if length else b""
-                keep = await self._respond(method, path.split("?", 1)[0], body, reader, writer)
+                try:
+                    keep = await self._respond(method, path.split("?", 1)[0], body, reader, writer)
+                except Exception as exc:  # noqa: BLE001 - a real server answers 500 and stays up
+                    await self._send_json(writer, 500, {"error": {"message": f"loopback: {exc!r}",
+                                                                  "type": "server_error"}})
+                    keep = True
                 if not keep:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
@@ -245,7 +250,7 @@ def _last_user_text(req: dict) -> str:
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
             if isinstance(content, list):
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
             return str(content)[-200:]
     return ""
 

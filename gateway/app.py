@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import __version__
+from gateway import __version__, openapi
 from gateway.backends import create_backend
 from gateway.backends.base import Backend
 from gateway.config import GatewayConfig, resolve_secret
@@ -80,6 +80,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     app.include_router(ollama_router)
     _add_ops_routes(app)
     _add_error_handlers(app)
+    openapi.install(app)
     keys = [k for k in (resolve_secret(v) for v in config.server.api_keys) if k]
     app.add_middleware(GatewayMiddleware, api_keys=keys, max_body=config.server.max_request_bytes)
     if config.server.cors_origins:  # outermost, so preflight requests need no API key
