@@ -9,6 +9,7 @@
     oracle-council router train [--data FILE] [--output DIR]     train the embedding classifier
     oracle-council eval routing --data FILE [--config] [--output DIR]   routing accuracy vs baselines
     oracle-council bench router [...]                            routing decision latency
+    oracle-council bench soak [--seconds 60] [--rps 50]         load/soak: leaks, drift, accounting
     oracle-council bench train [...]                             LoRA training throughput vs a plain loop
     oracle-council data prepare --input PATH... --output DIR     datasets -> train/val/test splits
     oracle-council train --data DIR --base-model M --specialist S --output DIR   train a LoRA adapter
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     br.add_argument("--iterations", type=int, default=200, help="timed decisions per measurement")
     br.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     br.set_defaults(func=_bench_router)
+    _attach(bsub, "soak", "load and soak at a fixed rate: latency drift, memory, descriptors, upstream "
+            "connections, every request in the access log", "eval.soak")
     _attach(bsub, "train", "LoRA training throughput, peak memory and MFU beside a plain transformers+peft loop",
             "eval.bench_train")
 
