@@ -273,6 +273,11 @@ class TrackedStream:
     def __aiter__(self) -> "TrackedStream":
         return self
 
+    def ready(self) -> int:
+        """Chunks already received and parsed, waiting to be read (0 when the backend cannot tell)."""
+        ready = getattr(self._rest, "ready", None)
+        return ready() if ready is not None else 0
+
     async def __anext__(self) -> dict[str, Any]:
         try:
             return await self._rest.__anext__()

@@ -1,6 +1,7 @@
 """Server-sent events framing for OpenAI-style streams: the only place frames are written.
 
 Each chunk becomes ``data: {json}\\n\\n``; the stream always ends with ``data: [DONE]\\n\\n``.
+Chunks the backend has already received together (``rest.ready()``) are written together.
 When the upstream fails mid-stream an OpenAI-shaped error frame (``data: {"error": {...}}``)
 goes out before ``[DONE]``, which the official SDK raises as an ``APIError``. When the client
 goes away the framer's generator is cancelled and the upstream stream is closed, which
@@ -33,16 +34,24 @@ async def sse_frames(first: dict[str, Any], rest: Any, *, rewrite: Callable[[dic
     ``ok``, ``upstream_error`` or ``client_disconnected``."""
     usage: dict | None = None
     status = "client_disconnected"
+    ready = getattr(rest, "ready", None) or (lambda: 0)
     try:
         out = rewrite(first)
         usage = first.get("usage")
-        if out is not None:
-            yield frame(out)
+        pending = [frame(out)] if out is not None else []
+        if pending and not ready():
+            yield pending.pop()
         async for chunk in rest:
             usage = chunk.get("usage") or usage
             out = rewrite(chunk)
             if out is not None:
-                yield frame(out)
+                pending.append(frame(out))
+            # chunks that arrived together leave together: one write, never a wait
+            if pending and not ready():
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending.clear()
+        if pending:
+            yield b"".join(pending)
         status = "ok"
     except GatewayError as exc:
         status = "upstream_error"

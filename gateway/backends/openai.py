@@ -12,6 +12,7 @@ by chunk as they arrive. The upstream's HTTP errors keep their status and messag
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,46 +110,8 @@ class OpenAIBackend(Backend):
             raise UpstreamProtocolError(f"backend {self.name!r} returned JSON without 'choices'", backend=self.name)
         return data
 
-    async def _stream(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
-        payload = orjson.dumps({**body, "model": model, "stream": True})
-        try:
-            response = await self.session.post(self.base_url + path, data=payload)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from None
-        try:
-            if response.status != 200:
-                raise self._status_error(response.status, await response.read())
-            finished = False
-            async for raw in response.content:
-                if not raw.startswith(b"data:"):
-                    continue  # blank separators, comments (": ping"), "event:" lines
-                data = raw[5:].strip()
-                if data == b"[DONE]":
-                    return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamProtocolError(f"backend {self.name!r} sent a stream frame that is not JSON",
-                                                backend=self.name) from None
-                if not isinstance(chunk, dict):
-                    raise UpstreamProtocolError(f"backend {self.name!r} sent a stream frame that is not an object",
-                                                backend=self.name)
-                if "error" in chunk and "choices" not in chunk:
-                    err = chunk["error"]
-                    msg = err.get("message") if isinstance(err, dict) else str(err)
-                    raise UpstreamError(f"backend {self.name!r} failed mid-stream: {msg}", backend=self.name)
-                finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
-                yield chunk
-            if not finished:
-                raise UpstreamProtocolError(f"backend {self.name!r} closed the stream before it finished",
-                                            backend=self.name)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from None
-        finally:
-            if response.content.at_eof():
-                response.release()  # fully read: the connection goes back to the pool
-            else:
-                response.close()  # abandoned mid-way: drop the connection, which cancels the upstream request
+    def _stream(self, path: str, body: dict[str, Any], model: str) -> "SSEStream":
+        return SSEStream(self, path, orjson.dumps({**body, "model": model, "stream": True}))
 
     def _transport_error(self, exc: BaseException) -> UpstreamError:
         name = self.name
@@ -175,3 +138,111 @@ class OpenAIBackend(Backend):
         return UpstreamStatusError(f"backend {self.name!r} answered {status}: {detail}",
                                    upstream_status=status, backend=self.name)
 
+
+
+class SSEStream:
+    """The chunks of one upstream server-sent-event stream, as an async iterator of dicts.
+
+    It reads whatever bytes the socket has (not line by line) and parses every complete event in
+    them at once, so ``ready()`` can tell the framer how many chunks are already parsed and
+    waiting: a burst of events from the upstream (vLLM sends several per read under load) then
+    goes to the client in one write instead of one write per event. Nothing ever waits to be
+    batched. ``aclose()`` returns a fully read connection to the pool and drops an abandoned one,
+    which cancels the upstream request.
+    """
+
+    def __init__(self, backend: OpenAIBackend, path: str, payload: bytes) -> None:
+        self._b, self._path, self._payload = backend, path, payload
+        self._response: aiohttp.ClientResponse | None = None
+        self._parsed: deque[dict[str, Any]] = deque()
+        self._partial = b""
+        self._done = False  # [DONE] seen or the body ended
+        self._finished = False  # a choice carried a finish_reason
+        self._closed = False
+        self._error: UpstreamError | None = None  # a bad frame: raised after the chunks before it
+
+    def __aiter__(self) -> "SSEStream":
+        return self
+
+    def ready(self) -> int:
+        return len(self._parsed)
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._closed:
+            raise StopAsyncIteration
+        b = self._b
+        try:
+            if self._response is None:
+                try:
+                    self._response = await b.session.post(b.base_url + self._path, data=self._payload)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise b._transport_error(exc) from None
+                if self._response.status != 200:
+                    raise b._status_error(self._response.status, await self._response.read())
+            while not self._parsed:
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    if not self._finished:
+                        raise UpstreamProtocolError(f"backend {b.name!r} closed the stream before it finished",
+                                                    backend=b.name)
+                    raise StopAsyncIteration
+                try:
+                    data = await self._response.content.readany()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise b._transport_error(exc) from None
+                if not data:  # the body ended
+                    if self._partial:
+                        self._feed(b"\n")
+                    self._done = True
+                    continue
+                self._feed(data)
+            return self._parsed.popleft()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parse(data)
+        except UpstreamError as exc:
+            self._error, self._done = exc, True
+
+    def _parse(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        name = self._b.name
+        for raw in lines:
+            if self._done or not raw.startswith(b"data:"):
+                continue  # blank separators, comments (": ping"), "event:" lines, anything after [DONE]
+            data = raw[5:].strip()
+            if data == b"[DONE]":
+                self._done = True
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError(f"backend {name!r} sent a stream frame that is not JSON",
+                                            backend=name) from None
+            if not isinstance(chunk, dict):
+                raise UpstreamProtocolError(f"backend {name!r} sent a stream frame that is not an object",
+                                            backend=name)
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamError(f"backend {name!r} failed mid-stream: {msg}", backend=name)
+            self._finished = self._finished or any(
+                isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
+            self._parsed.append(chunk)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._parsed.clear()
+        r = self._response
+        if r is not None:
+            if self._done and r.content.at_eof():
+                r.release()  # fully read: the connection goes back to the pool
+            else:
+                r.close()  # abandoned mid-way: drop the connection, which cancels the upstream request

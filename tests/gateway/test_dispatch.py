@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.config import parse_config
 from gateway.dispatch import CircuitBreaker, prepare_body
 
@@ -69,3 +71,72 @@ def test_client_system_prompt_wins():
     body = {"messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]}
     assert prepare_body(m, body, "chat")["messages"] == body["messages"]
     assert "messages" not in prepare_body(m, {"prompt": "x"}, "completion")
+
+
+# -- stream framing: chunks that arrive together leave together ---------------------------------
+
+class _Burst:
+    """A stream whose chunks all arrived at once (ready() counts what is still parsed and waiting)."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.closed = False
+
+    def ready(self) -> int:
+        return len(self.chunks)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    async def aclose(self):
+        self.closed = True
+
+
+class _OneByOne(_Burst):
+    def ready(self) -> int:
+        return 0
+
+
+def _chunk(i: int, finish: str | None = None) -> dict:
+    return {"id": "c", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": finish}]}
+
+
+async def _frames(rest) -> list[bytes]:
+    from gateway.sse import sse_frames
+
+    ended = []
+    out = [f async for f in sse_frames(_chunk(0), rest, rewrite=lambda c: c, on_end=lambda s, u: ended.append(s))]
+    assert ended == ["ok"] and rest.closed
+    return out
+
+
+async def test_a_burst_of_chunks_is_written_once_and_byte_for_byte_the_same():
+    burst = await _frames(_Burst([_chunk(1), _chunk(2), _chunk(3, "stop")]))
+    single = await _frames(_OneByOne([_chunk(1), _chunk(2), _chunk(3, "stop")]))
+    assert len(single) == 5 and len(burst) == 2  # all four chunks in one write, then [DONE]
+    assert b"".join(burst) == b"".join(single)
+
+
+def test_sse_parser_handles_any_read_boundaries_and_keeps_chunks_before_a_bad_frame():
+    from types import SimpleNamespace
+
+    from gateway.backends.openai import SSEStream
+    from gateway.errors import UpstreamProtocolError
+
+    body = b"".join(b"data: " + orjson.dumps(_chunk(i, "stop" if i == 4 else None)) + b"\n\n" for i in range(5))
+    body += b": ping\n\ndata: [DONE]\n\n"
+    for step in (1, 7, 64, len(body)):
+        s = SSEStream(SimpleNamespace(name="up"), "/chat/completions", b"")
+        for i in range(0, len(body), step):
+            s._feed(body[i:i + step])
+        got = [c["choices"][0]["delta"]["content"] for c in s._parsed]
+        assert got == [f"t{i}" for i in range(5)] and s._done and s._finished and s._error is None
+    s = SSEStream(SimpleNamespace(name="up"), "/chat/completions", b"")
+    s._feed(b"data: " + orjson.dumps(_chunk(0)) + b"\n\ndata: {not json\n\n")
+    assert s.ready() == 1 and isinstance(s._error, UpstreamProtocolError)
