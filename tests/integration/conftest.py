@@ -192,14 +192,23 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def vllm_server(vllm_interpreter: Path, tiny_models: TinyModels,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    workdir = tmp_path_factory.mktemp("vllm-run")
+    with running_vllm(vllm_interpreter, tiny_models.base, tmp_path_factory.mktemp("vllm-run"),
+                      [f"{n}={p}" for n, p in tiny_models.adapters.items()]) as server:
+        yield server
+
+
+@contextmanager
+def running_vllm(python: Path, model: Path, workdir: Path, lora_modules: list[str],
+                 max_lora_rank: int = 16) -> Iterator[VLLMServer]:
+    """A vLLM server for ``model`` (served as ``BASE_NAME``) with ``--lora-modules`` entries
+    (``name=path``), until the block ends; its log is ``workdir/vllm.log``."""
     log = workdir / "vllm.log"
     port = free_port()
-    cmd = [str(vllm_interpreter), "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(tiny_models.base), "--served-model-name", BASE_NAME,
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(model), "--served-model-name", BASE_NAME,
            "--host", "127.0.0.1", "--port", str(port),
-           "--enable-lora", "--lora-modules", *(f"{n}={p}" for n, p in tiny_models.adapters.items()),
-           "--max-lora-rank", "16", "--max-model-len", "512", "--dtype", "float32",
+           "--enable-lora", "--lora-modules", *lora_modules,
+           "--max-lora-rank", str(max_lora_rank), "--max-model-len", "512", "--dtype", "float32",
            # Every request computes its whole prompt: a repeated request then gives the same
            # floats, whatever the cache holds, and "gateway == direct" compares like with like.
            "--no-enable-prefix-caching"]
