@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway import __version__, openapi
+from gateway.ab import Experiment, Tagger
 from gateway.backends import create_backend
 from gateway.backends.base import Backend
 from gateway.config import GatewayConfig, resolve_secret
@@ -28,6 +29,7 @@ from gateway.ollama.service import OllamaService
 from gateway.openai.routes import router as openai_router
 from gateway.openai.service import OpenAIService
 from gateway.routing import ModelResolver
+from gateway.store import RequestStore
 from gateway.yaze import YazeContext
 
 log = logging.getLogger("oracle_council")
@@ -40,6 +42,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backends: dict[str, Backend] = {}
         resolver: ModelResolver | None = None
+        store: RequestStore | None = None
         context = YazeContext(config.yaze, config) if config.yaze else None
         used = {d.backend for m in config.deployed_models for d in m.all_deployments()}
         try:
@@ -52,6 +55,20 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if context is not None:
                 await context.start()  # fetches YAZE's symbols in the background
             metrics = Metrics()
+            db = config.state_db_path()
+            if db is not None:
+                s = config.state
+                store = RequestStore(db, queue_size=s.queue_size, batch_size=s.batch_size,
+                                     flush_interval=s.flush_interval, busy_timeout=s.busy_timeout,
+                                     shutdown_timeout=s.shutdown_timeout, metrics=metrics)
+                store.start()  # opens the file on its own thread; a bad path is logged, never fatal
+                metrics.store = store
+                log.info("request log: %s", db)
+            experiment = Experiment(config.ab, config, metrics=metrics) if config.ab.enabled else None
+            if experiment is not None:
+                log.info("A/B experiment %s: %.1f%% of %s traffic to %s (sticky by %s)", experiment.name,
+                         experiment.share * 100, experiment.control, experiment.treatment, config.ab.sticky_by)
+            tagger = Tagger(experiment, log=store is not None, id_salt=config.state.id_salt)
             resolver = ModelResolver(config, metrics=metrics)
             resolver.start()  # the router's classifiers load on a worker thread, off the event loop
             dispatcher = Dispatcher(config, backends, metrics)
@@ -61,10 +78,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
             app.state.resolver = resolver
             app.state.dispatcher = dispatcher
             app.state.yaze = context
+            app.state.store = store
+            app.state.experiment = experiment
             app.state.started = int(time.time())
-            app.state.openai = OpenAIService(resolver, dispatcher, metrics, context=context)
+            app.state.openai = OpenAIService(resolver, dispatcher, metrics, context=context, tagger=tagger,
+                                             store=store)
             app.state.ollama = OllamaService(resolver, dispatcher, metrics, config, started=app.state.started,
-                                             context=context)
+                                             context=context, tagger=tagger)
             log.info("oracle-council %s ready: %d models on %d backends (%s)", __version__,
                      len(config.deployed_models), len(backends), config.source)
             yield
@@ -72,7 +92,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             if resolver is not None:
                 resolver.close()
             await asyncio.gather(*(b.aclose() for b in backends.values()), *([context.aclose()] if context else []),
-                                 return_exceptions=True)
+                                 *([asyncio.to_thread(store.close)] if store else []), return_exceptions=True)
 
     app = FastAPI(title="oracle-council", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -87,7 +107,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "x-oracle-model", "x-oracle-router",
-                                                                 "x-oracle-confidence", "x-oracle-fallback"])
+                                                                 "x-oracle-confidence", "x-oracle-fallback",
+                                                                 "x-oracle-ab-arm", "x-oracle-ab-experiment"])
     return app
 
 
@@ -124,7 +145,8 @@ def _add_ops_routes(app: FastAPI) -> None:
 
 def _add_error_handlers(app: FastAPI) -> None:
     def render(request: Request, exc: GatewayError) -> Response:
-        headers = {"retry-after": "1"} if exc.status_code in (429, 503) else None
+        headers = {"retry-after": "1"} if exc.status_code in (429, 503) else {}
+        headers.update(getattr(exc, "extra_headers", None) or {})  # e.g. the A/B arm of a failed request
         return Response(error_body(request.url.path, exc), status_code=exc.status_code,
                         media_type="application/json", headers=headers)
 

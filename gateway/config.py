@@ -8,6 +8,9 @@
     [[models]]      name, backend, upstream_model, oracle, deployed, fallbacks, system_prompt,
                     parameters, deployments (extra replicas)
     [yaze]          optional: the YAZE editor's HTTP API as a symbol source for ASM specialists
+    [state]         the SQLite file: request log and feedback (on by default, at
+                    $ORACLE_COUNCIL_HOME/state.db)
+    [ab]            optional online A/B: a share of routed traffic goes to the treatment model
 
 ``load_config(path)`` parses and validates; every problem is reported as a ``ConfigError``
 whose message names the file, the table and the key. Values of the form ``env:NAME`` (API
@@ -29,6 +32,8 @@ from gateway.errors import ConfigError
 MASTER_SWORD = "master-sword"
 ROUTER_MODEL = "oracle-council"
 DEFAULT_CONFIG_RESOURCE = "default.toml"
+HOME_ENV = "ORACLE_COUNCIL_HOME"
+STATE_DB_NAME = "state.db"
 
 
 class _Strict(BaseModel):
@@ -162,6 +167,51 @@ class YazeSettings(_Strict):
                               "every model with an asm_* task type or a name ending in -asm")
 
 
+class StateSettings(_Strict):
+    """The gateway's one piece of state: an SQLite file (WAL) holding the request log and the
+    feedback. Rows are queued and written by a background thread in batches, so a slow or locked
+    database never slows or fails a request (see gateway/store.py and docs/ab-online.md)."""
+
+    enabled: bool = Field(True, description="false: no request log and no POST /v1/feedback")
+    db: str | None = Field(None, description="the SQLite file (relative to the config file; ~ and $VARS "
+                           "expanded); None = $ORACLE_COUNCIL_HOME/state.db (default home ~/.cache/oracle-council)")
+    queue_size: int = Field(10_000, ge=1, le=10_000_000, description="rows waiting to be written; beyond it "
+                            "rows are dropped and counted (oracle_store_dropped_total)")
+    batch_size: int = Field(500, ge=1, le=100_000, description="rows per transaction at most")
+    flush_interval: float = Field(0.2, gt=0, le=60, description="seconds between writes while traffic is light")
+    busy_timeout: float = Field(1.0, ge=0, le=600, description="seconds one write waits for another "
+                                "connection's lock before backing off and retrying")
+    shutdown_timeout: float = Field(10.0, ge=0, le=3600, description="seconds a clean shutdown keeps trying "
+                                    "to write what is still queued (a locked database)")
+    id_salt: str = Field("oracle-council", description="mixed into the stored hashes of API keys and user ids")
+
+
+class ABSettings(_Strict):
+    """Online A/B: requests for ``control`` (routed traffic) go to ``treatment`` for a ``share``
+    of the callers, chosen by a salted hash of their identity, the same on every instance."""
+
+    enabled: bool = False
+    name: str = Field("moe-vs-master-sword", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                      description="the experiment's name: in the log and the x-oracle-ab-experiment header")
+    share: float | None = Field(None, ge=0, le=1, description="fraction of callers sent to the treatment; "
+                                "required when enabled")
+    control: str = Field(ROUTER_MODEL, description="the requested model whose traffic is split: "
+                         "oracle-council or an oracle name")
+    treatment: str = Field(MASTER_SWORD, description="the deployed model the treatment arm is served by")
+    sticky_by: Literal["auto", "api_key", "user"] = Field(
+        "auto", description="the identity hashed: auto = the request's user field, else the API key, else the "
+        "client address; api_key = the key, else the address; user = the user field, else the address")
+    salt: str = Field("", description="mixed into the assignment hash; '' = the experiment's name. "
+                      "Changing it (or the name) reshuffles who is in which arm")
+
+    @model_validator(mode="after")
+    def _share_when_enabled(self) -> "ABSettings":
+        if self.enabled and self.share is None:
+            raise ValueError("'share' is required when enabled = true (the fraction of callers, 0 to 1, "
+                             "sent to the treatment)")
+        return self
+
+
 class GatewayConfig(_Strict):
     server: ServerSettings = ServerSettings()
     router: RouterSettings = RouterSettings()
@@ -169,6 +219,8 @@ class GatewayConfig(_Strict):
     backends: list[BackendSpec] = Field(default_factory=list)
     models: list[ModelSpec] = Field(default_factory=list)
     yaze: YazeSettings | None = None
+    state: StateSettings = StateSettings()
+    ab: ABSettings = ABSettings()
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)
 
@@ -191,6 +243,15 @@ class GatewayConfig(_Strict):
             return self.router.default_model
         names = [m.name for m in self.deployed_models]
         return MASTER_SWORD if MASTER_SWORD in names else (names[0] if names else None)
+
+    def state_db_path(self) -> str | None:
+        """The SQLite file of ``[state]``, or None when the state is off."""
+        if not self.state.enabled:
+            return None
+        if self.state.db:
+            return self.resolve_path(self.state.db)
+        home = os.environ.get(HOME_ENV) or str(Path.home() / ".cache" / "oracle-council")
+        return str(Path(home).expanduser() / STATE_DB_NAME)
 
     def resolve_path(self, value: str) -> str:
         """A path from the config: ``~`` and ``$VARS`` expanded, relative to the config file."""
@@ -254,7 +315,7 @@ def _where(raw: dict, loc: tuple) -> str:
         entry = raw.get(head, [])
         name = entry[idx].get("name") if idx < len(entry) and isinstance(entry[idx], dict) else None
         table = f"[[{head}]] #{idx + 1}" + (f" (name = {name!r})" if name else "")
-    elif head in ("server", "router", "yaze"):
+    elif head in ("server", "router", "yaze", "state", "ab"):
         table = f"[{head}]"
     else:
         return f"key {'.'.join(map(str, loc))!r}"
@@ -328,5 +389,17 @@ def _check_references(cfg: GatewayConfig) -> None:
         if o.default_model and o.default_model not in deployed:
             problems.append(f"{src}: [[oracles]] (name = {o.name!r}), key 'default_model': "
                             f"{o.default_model!r} is not a deployed model")
+    ab = cfg.ab
+    if ab.enabled:
+        if ab.treatment not in deployed:
+            problems.append(f"{src}: [ab], key 'treatment': {ab.treatment!r} is not a deployed model; "
+                            f"deployed: {', '.join(sorted(deployed)) or '(none)'}")
+        routed = {ROUTER_MODEL} | oracle_names
+        if ab.control not in routed:
+            problems.append(f"{src}: [ab], key 'control': {ab.control!r} is not routed traffic; use "
+                            f"{' or '.join(repr(n) for n in sorted(routed))} (a model named directly is never moved)")
+        if not cfg.state.enabled:
+            problems.append(f"{src}: [ab], key 'enabled': the experiment needs the request log; "
+                            "remove [state] enabled = false")
     if problems:
         raise ConfigError("\n".join(problems))

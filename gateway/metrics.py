@@ -12,15 +12,24 @@
     oracle_router_decisions_total{router,specialist}       routing decisions (router = embedding, gemini, cache, fallback ...)
     oracle_router_classifier_total{classifier,outcome}     classifier calls: outcome = ok or the error's class
     oracle_router_seconds{router}                          time to decide (classification, cache lookup)
+    oracle_ab_assignments_total{experiment,arm}            online A/B: requests assigned to each arm
+    oracle_store_rows_total{table}                         rows committed to the SQLite file (requests, feedback)
+    oracle_store_dropped_total{table,reason}               rows not written: queue_full, closed, shutdown, invalid
+    oracle_store_failures_total{error}                     failed write attempts (locked, unwritable), retried
+    oracle_store_queue                                     rows waiting to be written
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from gateway.store import RequestRecord, RequestStore
 
 log = logging.getLogger("oracle_council.access")
 
@@ -55,11 +64,24 @@ class Metrics:
                                          ["classifier", "outcome"], registry=r)
         self.router_seconds = Histogram("oracle_router_seconds", "Time to a routing decision", ["router"],
                                         buckets=_ROUTER_BUCKETS, registry=r)
+        self.ab_assignments = Counter("oracle_ab_assignments", "Online A/B: requests assigned to each arm",
+                                      ["experiment", "arm"], registry=r)
+        self.store_rows = Counter("oracle_store_rows", "Rows committed to the SQLite file", ["table"], registry=r)
+        self.store_dropped = Counter("oracle_store_dropped", "Rows not written to the SQLite file",
+                                     ["table", "reason"], registry=r)
+        self.store_failures = Counter("oracle_store_failures", "Failed (retried) writes to the SQLite file",
+                                      ["error"], registry=r)
+        self.store_queue = Gauge("oracle_store_queue", "Rows waiting to be written to the SQLite file", registry=r)
+        self.store: RequestStore | None = None  # set by the app when [state] is on
 
     def account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
-                request_id: str) -> None:
-        """Count a finished request (``start`` is its ``perf_counter``) and write its access-log line."""
-        elapsed = time.perf_counter() - start
+                request_id: str, record: RequestRecord | None = None) -> None:
+        """Count a finished request (``start`` is its ``perf_counter``), write its access-log line,
+        and queue its row for the request log when there is one."""
+        end = time.perf_counter()
+        elapsed = end - start
+        if record is not None and self.store is not None:
+            self.store.log_request(record.row(request_id, api, model, backend, status, usage, start, end))
         self.requests.labels(api, model, backend, status).inc()
         self.request_seconds.labels(api, model).observe(elapsed)
         if usage:

@@ -18,12 +18,12 @@ def _json(obj: object) -> Response:
 
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
-    return await request.app.state.ollama.chat(await read_json(request), request.state.request_id)
+    return await request.app.state.ollama.chat(await read_json(request), request.state.request_id, request)
 
 
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
-    return await request.app.state.ollama.generate(await read_json(request), request.state.request_id)
+    return await request.app.state.ollama.generate(await read_json(request), request.state.request_id, request)
 
 
 @router.get("/api/tags")

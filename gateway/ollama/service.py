@@ -38,6 +38,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from gateway import __version__, toolcalls
+from gateway.ab import Tagger
 from gateway.config import ROUTER_MODEL, GatewayConfig, ModelSpec
 from gateway.dispatch import Dispatcher, Served
 from gateway.errors import GatewayError, ModelNotFound, UpstreamTimeout
@@ -60,13 +61,14 @@ Api = Literal["ollama_chat", "ollama_generate"]
 class OllamaService:
     def __init__(self, resolver: ModelResolver, dispatcher: Dispatcher, metrics: Metrics, config: GatewayConfig,
                  *, started: float, context: YazeContext | None = None,
-                 deadline: float = ANSWER_DEADLINE) -> None:
+                 deadline: float = ANSWER_DEADLINE, tagger: Tagger | None = None) -> None:
         self.resolver = resolver
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.config = config
         self.context = context
         self.deadline = deadline
+        self.tag = tagger or Tagger(None, log=False)
         self.modified_at = _timestamp(started)
         self._listed = resolver.model_ids()
         self._known = {*self._listed, *(m.name for m in config.models)}
@@ -83,16 +85,17 @@ class OllamaService:
                             f"({', '.join(_tagged(n) for n in self._listed[:6])}, ...)", param="model")
 
     # -- /api/chat and /api/generate ------------------------------------------------------------
-    async def chat(self, raw: Any, request_id: str) -> Response:
+    async def chat(self, raw: Any, request_id: str, http: Any = None) -> Response:
         req: ChatRequest = validate(ChatRequest, raw)  # type: ignore[assignment]
         name = self.canonical(req.model)
         if not req.messages:  # Ollama's way of loading a model: nothing to generate
             return self._loaded(name, {"message": {"role": "assistant", "content": ""}})
         body = req.to_openai()
         body["model"] = name
-        return await self._serve("ollama_chat", name, body, req.streaming, req.format is not None, request_id)
+        return await self._serve("ollama_chat", name, body, req.streaming, req.format is not None, request_id,
+                                 http=http)
 
-    async def generate(self, raw: Any, request_id: str) -> Response:
+    async def generate(self, raw: Any, request_id: str, http: Any = None) -> Response:
         req: GenerateRequest = validate(GenerateRequest, raw)  # type: ignore[assignment]
         name = self.canonical(req.model)
         if not req.prompt and not req.images:
@@ -100,17 +103,23 @@ class OllamaService:
         body = req.to_openai()
         body["model"] = name
         return await self._serve("ollama_generate", name, body, req.streaming, req.format is not None, request_id,
-                                 completion=req.as_completion)
+                                 completion=req.as_completion, http=http)
 
     async def _serve(self, api: Api, name: str, body: dict[str, Any], stream: bool, as_json: bool,
-                     request_id: str, *, completion: bool = False) -> Response:
+                     request_id: str, *, completion: bool = False, http: Any = None) -> Response:
         timing = Timing()
         start = time.perf_counter()
+        arm, record = self.tag(name, body, http)
         self.metrics.in_flight.inc()
         decision: RoutingDecision | None = None
         tools = toolcalls.requested_tools(body)
         try:
-            decision = await self.resolver.decide(name, body)
+            if arm == "treatment":
+                decision = self.tag.experiment.decision  # type: ignore[union-attr]
+            else:
+                decision = await self.resolver.decide(name, body)
+            if record is not None:
+                record.router, record.specialist = decision.router, decision.specialist
             if self.context is not None and not completion:
                 body = await self.context.enrich(decision.model, body)
             if stream:
@@ -123,28 +132,35 @@ class OllamaService:
                 raise UpstreamTimeout(f"{decision.model} did not answer within {self.deadline:g} s; the Ollama API "
                                       "gives up before YAZE's 60 s read timeout. Try a shorter num_predict, "
                                       "or stream", retryable=False) from None
+            if record is not None:
+                record.first_byte = time.perf_counter()
         except GatewayError as exc:
             self.metrics.in_flight.dec()
             self.metrics.account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None,
-                                 start, request_id)
+                                 start, request_id, record)
+            if arm is not None:
+                exc.extra_headers = self.tag.experiment.headers[arm]  # type: ignore[attr-defined,union-attr]
             raise
         except BaseException:
             self.metrics.in_flight.dec()
             raise
         headers = {**decision.headers(), **served.headers()}
+        if arm is not None:
+            headers.update(self.tag.experiment.headers[arm])  # type: ignore[union-attr]
         shape = _Shape(served.model.name, chat=api == "ollama_chat", completion=completion, as_json=as_json,
                        tools=tools)
 
         if not stream:
             response = served.response or {}
             self.metrics.in_flight.dec()
-            self.metrics.account(api, shape.model, served.backend, "ok", response.get("usage"), start, request_id)
+            self.metrics.account(api, shape.model, served.backend, "ok", response.get("usage"), start, request_id,
+                                 record)
             return Response(orjson.dumps(shape.whole(response, timing)), media_type="application/json",
                             headers=headers)
 
         def on_end(status: str) -> None:
             self.metrics.in_flight.dec()
-            self.metrics.account(api, shape.model, served.backend, status, shape.usage, start, request_id)
+            self.metrics.account(api, shape.model, served.backend, status, shape.usage, start, request_id, record)
 
         assert served.rest is not None
         return StreamingResponse(ndjson_lines(shape.parts(served, timing), close=served.rest.aclose, on_end=on_end),

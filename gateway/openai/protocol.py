@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import InvalidRequest
 
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_N = 16
+MAX_FEEDBACK_COMMENT = 4000
 
 
 class _Open(BaseModel):
@@ -116,3 +117,22 @@ def validate(model: type[BaseModel], raw: Any) -> BaseModel:
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         msg = "required field is missing" if err["type"] == "missing" else err["msg"]
         raise InvalidRequest(f"{param}: {msg}{more}" if param else f"{msg}{more}", param=param) from None
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: about the request whose ``x-request-id`` is ``request_id``; a
+    ``score`` (0 = worst, 1 = best) or ``thumbs`` or both, and an optional comment. Unknown
+    fields are refused (a typo would otherwise lose the rating)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    request_id: str = Field(min_length=1, max_length=128)
+    score: float | None = Field(None, ge=0, le=1)
+    thumbs: Literal["up", "down"] | None = None
+    comment: str | None = Field(None, max_length=MAX_FEEDBACK_COMMENT)
+
+    @model_validator(mode="after")
+    def _rated(self) -> "FeedbackRequest":
+        if self.score is None and self.thumbs is None:
+            raise ValueError("send 'score' (a number from 0 to 1) or 'thumbs' ('up' or 'down'), or both")
+        return self

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.openai.protocol import FeedbackRequest
 
 router = APIRouter()
 
@@ -27,18 +28,39 @@ async def read_json(request: Request) -> object:
 @router.post("/chat/completions", include_in_schema=False)
 @router.post("/v1/v1/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request) -> Response:
-    return await request.app.state.openai.chat_completions(await read_json(request), request.state.request_id)
+    return await request.app.state.openai.chat_completions(await read_json(request), request.state.request_id,
+                                                           request)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await request.app.state.openai.completions(await read_json(request), request.state.request_id)
+    return await request.app.state.openai.completions(await read_json(request), request.state.request_id, request)
 
 
 @router.post("/v1/route")
 async def route(request: Request) -> Response:
     decision = await request.app.state.openai.route(await read_json(request))
     return Response(orjson.dumps(decision.as_dict()), media_type="application/json")
+
+
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+        "code": {"type": ["string", "null"]}}}}}}}
+_FEEDBACK_DOC = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}}},
+    "responses": {"200": {"description": "stored: {id, object, request_id}"},
+                  "400": {"description": "invalid body", "content": _ERROR},
+                  "404": {"description": "no request with this id in the request log", "content": _ERROR},
+                  "501": {"description": "the request log is off ([state] enabled = false)", "content": _ERROR},
+                  "503": {"description": "the request log could not take it in time", "content": _ERROR}},
+}
+
+
+@router.post("/v1/feedback", openapi_extra=_FEEDBACK_DOC)
+async def feedback(request: Request) -> Response:
+    return Response(orjson.dumps(await request.app.state.openai.feedback(await read_json(request))),
+                    media_type="application/json")
 
 
 @router.get("/v1/models")
