@@ -27,7 +27,7 @@ import uuid
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from gateway.openai.protocol import FunctionDef
 from gateway.toolcalls import TOOL_RESULT_PREFIX
@@ -82,7 +82,7 @@ class _Generating(_Open):
     model: str = Field(min_length=1, max_length=512)
     format: Any = None  # "json", a JSON schema object, or nothing
     options: Options | None = None
-    stream: bool | None = None  # Ollama streams unless told not to: see ``streaming``
+    stream: StrictBool | None = None  # Ollama streams unless told not to: see ``streaming``; "yes" is an error
     keep_alive: float | str | None = None
     think: bool | str | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from gateway.errors import InvalidRequest
 
@@ -59,7 +59,7 @@ class ChatMessage(_Open):
 
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class ChatCompletionRequest(_Open):
@@ -67,7 +67,7 @@ class ChatCompletionRequest(_Open):
     model: str = Field(min_length=1, max_length=512)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -76,20 +76,20 @@ class ChatCompletionRequest(_Open):
     response_format: dict[str, Any] | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     user: str | None = None
 
 
 class CompletionRequest(_Open):
     model: str = Field(min_length=1, max_length=512)
     prompt: str | list[str] | list[int] | list[list[int]] = ""
-    echo: bool | None = None
+    echo: StrictBool | None = None
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: int | None = Field(None, ge=0, le=5)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -97,7 +97,7 @@ class CompletionRequest(_Open):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
