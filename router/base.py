@@ -5,7 +5,10 @@ A classifier has one abstract method, ``score(texts)``: probabilities over the r
 method, ``decide(scores)``, turns scores into a ``RoutingDecision`` the same way for every
 classifier: the best label wins; the prompt is cross-domain (→ master-sword) when master-sword
 is the best label or a second oracle scores at least ``cross_domain_threshold``; a request for
-an oracle (``oracle-din``) chooses only among that oracle's specialists.
+an oracle (``oracle-din``) chooses only among that oracle's specialists. With
+``cross_domain_floor`` set, master-sword also needs the oracle scores to agree a little: when the
+second-best oracle scores below the floor, the best single label wins instead (a long prompt
+about one field, written in two fields' words, is not cross-domain).
 
 The decision's ``model`` is the label's own model (the specialist, or master-sword for
 cross-domain and out-of-scope prompts); whether that model is deployed is the gateway's business.
@@ -39,6 +42,7 @@ class Classifier(ABC):
     name: ClassVar[RouterName]
     cross_domain_threshold: float = 0.5     # a second oracle at or above it makes the prompt cross-domain
     master_sword_threshold: float | None = None  # P(master-sword) at or above it: cross-domain (None: argmax)
+    cross_domain_floor: float | None = None  # master-sword needs a second oracle at or above it (None: no veto)
 
     @abstractmethod
     def score(self, texts: Sequence[str]) -> list[Scores]:
@@ -56,11 +60,13 @@ class Classifier(ABC):
             raise NoDecision("the classifier returned no scores")
         best = max(labels, key=labels.__getitem__)
         p_ms = labels.get(MASTER_SWORD, 0.0)
-        if best == MASTER_SWORD and self.master_sword_threshold is not None and p_ms < self.master_sword_threshold:
-            best = max((k for k in labels if k != MASTER_SWORD), key=labels.__getitem__)
         ranked = sorted(scores.oracles.items(), key=lambda kv: kv[1], reverse=True)
         second = ranked[1][1] if len(ranked) > 1 else 0.0
-        ms_hit = self.master_sword_threshold is not None and p_ms >= self.master_sword_threshold
+        vetoed = self.cross_domain_floor is not None and len(ranked) > 1 and second < self.cross_domain_floor
+        if best == MASTER_SWORD and len(labels) > 1 and (
+                vetoed or (self.master_sword_threshold is not None and p_ms < self.master_sword_threshold)):
+            best = max((k for k in labels if k != MASTER_SWORD), key=labels.__getitem__)
+        ms_hit = self.master_sword_threshold is not None and p_ms >= self.master_sword_threshold and not vetoed
         if best == MASTER_SWORD or ms_hit or (best != OUT_OF_SCOPE and second >= self.cross_domain_threshold):
             involved = [f"{o} {p:.2f}" for o, p in ranked if p >= min(self.cross_domain_threshold, 0.5)]
             return self._decision(MASTER_SWORD, max(p_ms, second), cross=True, scores=scores,

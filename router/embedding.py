@@ -1,9 +1,10 @@
 """The embedding classifier: a sentence-transformers encoder with scikit-learn heads on top.
 
 Features of one prompt: its sentence embedding (MiniLM by default, weighted ``embedding_weight``),
-the hand-made lexicon and code-shape features of router/features.py (``lexicon_weight``), and
-hashed-free char n-gram TF-IDF (2-5 characters within word bounds), which catches spellings
-such as ``lc_lz2``, ``$7EF3C5`` or ``{WINDOW 02}`` that the sentence model tokenises into noise.
+the hand-made lexicon, code-shape and two-task features of router/features.py
+(``lexicon_weight``), char n-gram TF-IDF (2-5 characters within word bounds), which catches
+spellings such as ``lc_lz2``, ``$7EF3C5`` or ``{WINDOW 02}`` that the sentence model tokenises
+into noise, and word 1-2-gram TF-IDF (``write the lines``, ``item description``, ``$7EF3C5``).
 
 Heads (logistic regressions, whose probabilities are calibrated well enough here that the
 thresholds tuned on validation folds carry over; see ``router train``'s metadata):
@@ -11,7 +12,8 @@ thresholds tuned on validation folds carry over; see ``router train``'s metadata
 - ``labels``: the 13 route labels (11 specialists, master-sword, out-of-scope);
 - ``oracles``: one binary head per oracle, trained on every prompt's ``domains`` ("does this
   prompt need oracle-din?"); two oracles above ``cross_domain_threshold`` make a prompt
-  cross-domain even when ``labels`` prefers a specialist;
+  cross-domain even when ``labels`` prefers a specialist, and a second oracle below
+  ``cross_domain_floor`` vetoes a master-sword that ``labels`` prefers (Classifier.decide);
 - ``task_types``: the five euclid-asm task types, trained on the euclid-asm prompts.
 
 A classifier is a folder written by router/train.py: ``heads.joblib`` and ``metadata.json``
@@ -50,6 +52,7 @@ class Heads:
     task_types: Any            # LogisticRegression over the euclid-asm task types
     embedding_weight: float
     lexicon_weight: float
+    word_tfidf: Any = None     # sklearn TfidfVectorizer (word 1-2-grams) or None
 
     def features(self, texts: Sequence[str], vectors: Any) -> Any:
         import numpy as np
@@ -62,6 +65,8 @@ class Heads:
                   csr_matrix(lex * self.lexicon_weight)]
         if self.char_tfidf is not None:
             blocks.append(self.char_tfidf.transform(texts))
+        if getattr(self, "word_tfidf", None) is not None:  # absent from heads pickled before it existed
+            blocks.append(self.word_tfidf.transform(texts))
         return hstack(blocks, format="csr")
 
     def predict(self, texts: Sequence[str], vectors: Any) -> tuple[Any, Any, Any]:
@@ -88,6 +93,7 @@ class EmbeddingClassifier(Classifier):
         self.cross_domain_threshold = (cross_domain_threshold if cross_domain_threshold is not None
                                        else float(tuned.get("cross_domain", 0.5)))
         self.master_sword_threshold = tuned.get("master_sword")
+        self.cross_domain_floor = tuned.get("cross_domain_floor")
         self._labels = [str(c) for c in heads.labels.classes_]
         self._tasks = [str(c) for c in heads.task_types.classes_]
 

@@ -8,9 +8,10 @@ cross-validation of router/data/train.jsonl alone: no evaluation set is ever rea
 
 ``ensure_default()`` is the classifier a config gets when it names none: trained on the shipped
 data the first time it is needed and cached in ``$ORACLE_COUNCIL_HOME/router/<key>``, the key
-being a hash of the data, the recipe, the encoder model and the library versions, so a new
-scikit-learn or new data trains a new one and nothing stale is ever loaded. Training is
-deterministic (fixed folds, newton-cg, prompts embedded one at a time); it takes about 15 s
+being a hash of the data, the recipe (its version, its settings and the source of the modules
+that compute features and fit heads), the encoder model and the library versions, so a new
+scikit-learn, new data or an edited feature trains a new one and nothing stale is ever loaded. Training is
+deterministic (fixed folds, newton-cg, prompts embedded one at a time); it takes about 30 s
 on two cores, most of it embedding.
 """
 
@@ -41,7 +42,7 @@ from router.taxonomy import ASM_TASK_TYPES, ROUTE_LABELS
 log = logging.getLogger("oracle_council.router")
 
 CENTROIDS_FILE = "centroids.npz"
-RECIPE_VERSION = "router-v2"  # bump when the recipe below changes: cached defaults are then retrained
+RECIPE_VERSION = "router-v3"  # bump when the recipe below changes: cached defaults are then retrained
 HOME_ENV = "ORACLE_COUNCIL_HOME"
 
 
@@ -49,9 +50,11 @@ HOME_ENV = "ORACLE_COUNCIL_HOME"
 class TrainConfig:
     model: str = DEFAULT_MODEL       # sentence-transformers model (name, folder or hub id in the local cache)
     embedding_weight: float = 2.0    # scale of the (unit-norm) sentence embedding in the feature vector
-    lexicon_weight: float = 0.3      # scale of router/features.py's lexicon and code-shape features
+    lexicon_weight: float = 0.6      # scale of router/features.py's lexicon, code-shape and two-task features
     char_ngrams: tuple[int, int] = (2, 5)  # char_wb TF-IDF n-gram range; (0, 0) turns it off
     char_min_df: int = 2             # a char n-gram must occur in this many prompts
+    word_ngrams: tuple[int, int] = (1, 2)  # word TF-IDF n-gram range; (0, 0) turns it off
+    word_min_df: int = 2             # a word n-gram must occur in this many prompts
     C: float = 20.0                  # inverse L2 strength of every logistic regression
     folds: int = 5                   # cross-validation folds for the validation scores and thresholds
     seed: int = 42                   # fold shuffling
@@ -154,9 +157,15 @@ def default_home(home: str | os.PathLike | None = None) -> Path:
     return Path(home or os.environ.get(HOME_ENV) or Path.home() / ".cache" / "oracle-council").expanduser()
 
 
+# the code that turns a prompt into features and fits the heads: an edit to any of them retrains
+RECIPE_MODULES = ("features.py", "embedding.py", "validation.py", "train.py")
+
+
 def default_key(data: Path, model: str) -> str:
     h = hashlib.sha256()
     h.update(data.read_bytes())
+    for name in RECIPE_MODULES:
+        h.update(resources.files("router").joinpath(name).read_bytes())
     h.update(json.dumps([RECIPE_VERSION, model, dataclasses.asdict(TrainConfig(model=model)),
                          {k: v for k, v in versions().items() if k != "oracle-council"}]).encode())
     return h.hexdigest()[:16]
@@ -175,7 +184,7 @@ def ensure_default(*, model: str | None = None, home: str | os.PathLike | None =
     with _exclusive(root / ".lock"):
         if (target / "metadata.json").is_file():  # another process trained it while we waited
             return target
-        log.warning("training the default router classifier on %s (once per machine, ~15 s) into %s",
+        log.warning("training the default router classifier on %s (once per machine, ~30 s) into %s",
                     data_path.name, target)
         tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=root))
         try:

