@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     p.add_argument("--litellm", help="the LiteLLM proxy's executable, a third target "
                    "(default: .venv-litellm/bin/litellm when it exists)")
+    p.add_argument("--no-litellm", action="store_true", help="measure direct and gateway only")
 
 
 # -- a lean HTTP/1.1 client ---------------------------------------------------------------------
@@ -199,7 +200,9 @@ def _proc_usage(pid: int) -> tuple[float, int]:
 def run(args: argparse.Namespace) -> int:
     up_port, gw_port, ll_port = _free_port(), _free_port(), _free_port()
     litellm = args.litellm or (".venv-litellm/bin/litellm" if Path(".venv-litellm/bin/litellm").exists() else None)
-    if litellm is None:
+    if getattr(args, "no_litellm", False):
+        litellm = None
+    elif litellm is None:
         print("LiteLLM proxy not installed (eval/install-litellm-proxy.sh): measuring direct and gateway only")
     elif not Path(litellm).exists():
         raise SystemExit(f"--litellm {litellm}: no such file")

@@ -84,6 +84,23 @@ REQUEST_COLUMNS = ("request_id", "ts", "api", "requested_model", "served_model",
                    "completion_tokens", "user_hash", "key_hash")
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
                    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})")
+# Rows go in as multi-row INSERTs: one statement (one sqlite3_step, one release of the GIL) per
+# chunk instead of per row, so the writer thread and the event loop hand the GIL back and forth a
+# few times per batch, not twice per row (measured: that hand-off showed in the p99 at 100 RPS).
+_ROWS_PER_INSERT = max(1, min(256, (999 if sqlite3.sqlite_version_info < (3, 32) else 32766) // len(REQUEST_COLUMNS)))
+_ROW_PLACEHOLDER = f"({', '.join('?' for _ in REQUEST_COLUMNS)})"
+
+
+def _insert_requests(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    for i in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[i:i + _ROWS_PER_INSERT]
+        if len(chunk) == 1:
+            conn.execute(_INSERT_REQUEST, chunk[0])
+            continue
+        conn.execute(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
+                     + ", ".join([_ROW_PLACEHOLDER] * len(chunk)), [v for row in chunk for v in row])
+
+
 _INSERT_FEEDBACK = "INSERT INTO feedback (request_id, ts, score, thumbs, comment) VALUES (?, ?, ?, ?, ?)"
 
 BACKOFF_START = 0.05  # seconds before the first retry of a failed write; doubles up to BACKOFF_MAX
@@ -376,7 +393,7 @@ class RequestStore:
                     rows.append(item)
                     continue
                 if rows:  # keep the order: the rows queued before a feedback are visible to its check
-                    conn.executemany(_INSERT_REQUEST, rows)
+                    _insert_requests(conn, rows)
                     n_rows += len(rows)
                     rows = []
                 if isinstance(item, _Feedback):
@@ -391,7 +408,7 @@ class RequestStore:
                 else:
                     settled.append((item.done, True))
             if rows:
-                conn.executemany(_INSERT_REQUEST, rows)
+                _insert_requests(conn, rows)
                 n_rows += len(rows)
             conn.execute("COMMIT")
         except BaseException:

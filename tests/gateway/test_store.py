@@ -207,3 +207,17 @@ def test_record_row_and_pseudonyms():
     assert len(values["key_hash"]) == 16
     missing = dict(zip(REQUEST_COLUMNS, rec.row("r", "chat", "m", "-", "error_502", None, start, start)))
     assert missing["backend"] is None and missing["prompt_tokens"] is None
+
+
+def test_big_batches_go_in_as_multi_row_inserts_with_every_value_in_place(db):
+    from gateway import store as store_module
+
+    store = make(db, batch_size=5000, flush_interval=5.0)
+    rows = [row(i, latency_ms=float(i), user_hash=f"u{i}") for i in range(store_module._ROWS_PER_INSERT * 2 + 7)]
+    for r in rows:
+        store.log_request(r)
+    assert store.flush(10)
+    store.close()
+    with sqlite3.connect(db) as conn:
+        got = conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY ts").fetchall()
+    assert got == rows
