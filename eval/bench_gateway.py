@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--litellm", help="the LiteLLM proxy's executable, a third target "
                    "(default: .venv-litellm/bin/litellm when it exists)")
     p.add_argument("--no-litellm", action="store_true", help="measure direct and gateway only")
+    p.add_argument("--no-request-log", action="store_true",
+                   help="run the gateway with its SQLite request log off ([state] enabled = false), to see its cost")
 
 
 # -- a lean HTTP/1.1 client ---------------------------------------------------------------------
@@ -208,9 +210,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--litellm {litellm}: no such file")
     tmp = Path(tempfile.mkdtemp(prefix="oc-bench-"))
     cfg = tmp / "bench.toml"
+    state = ("enabled = false" if getattr(args, "no_request_log", False)
+             else f'db = "{tmp / "state.db"}"')  # a fresh file, not the user's home one
     cfg.write_text(f"""
 [server]
 log_level = "warning"
+
+[state]
+{state}
 
 [[backends]]
 name = "upstream"

@@ -24,7 +24,8 @@ connections to the upstream. At the end it checks, and exits 1 when one fails:
   back to at most the level before the run plus a few keep-alive sockets (8); an abandoned stream
   whose upstream connection stayed open would leave dozens;
 - every request is accounted for: each request id the client sent appears in the gateway's
-  access log, with the status class the client saw.
+  access log, with the status class the client saw, and in its SQLite request log (read after
+  the gateway's clean shutdown, which writes what is still queued).
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ _CONFIG = """
 [server]
 log_level = "info"
 
+[state]
+db = "{db}"
+
 [router]
 policy = "direct"
 
@@ -236,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     up_port, gw_port = _free_port(), _free_port()
     tmp = Path(tempfile.mkdtemp(prefix="oc-soak-"))
     cfg = tmp / "soak.toml"
-    cfg.write_text(_CONFIG.format(port=up_port))
+    cfg.write_text(_CONFIG.format(port=up_port, db=tmp / "state.db"))
     log_path = tmp / "gateway.log"
     up = subprocess.Popen([sys.executable, "-m", "eval.loopback_upstream", "--port", str(up_port)],
                           stdout=subprocess.DEVNULL)
@@ -266,6 +270,12 @@ def run(args: argparse.Namespace) -> int:
                 p.wait()
     logged = {m.group(1): m.group(2) for m in _ACCESS.finditer(log_path.read_text(errors="replace"))}
     results = evaluate(args, outcomes, samples, before, after, logged)
+    # the SQLite request log, written by a background thread and flushed at shutdown: every row there
+    stored = _stored_ids(tmp / "state.db")
+    lost = [o.rid for o in outcomes if o.rid not in stored]
+    results["checks"]["every_request_in_state_db"] = not lost
+    results["ok"] = all(results["checks"].values())
+    results |= {"state_db_rows": len(stored), "missing_from_state_db": lost[:10]}
     results |= {"wall_seconds": wall, "gateway_cpu_seconds": cpu, "gateway_peak_rss_mb": peak / 2**20,
                 "log": str(log_path)}
     _print(results)
@@ -273,6 +283,15 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json_out}")
     return 0 if results["ok"] else 1
+
+
+def _stored_ids(path: Path) -> set[str]:
+    import sqlite3
+
+    if not path.exists():
+        return set()
+    with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
+        return {r[0] for r in conn.execute("SELECT request_id FROM requests WHERE request_id LIKE 'soak-%'")}
 
 
 def evaluate(args: argparse.Namespace, outcomes: list[Outcome], samples: Samples, before: dict, after: dict,
@@ -335,7 +354,8 @@ def _print(r: dict) -> None:
     print(f"open fds before {r['fds']['before']}, peak {r['fds']['max']}, after {r['fds']['after']}; "
           f"upstream connections before {r['upstream_conns']['before']}, peak {r['upstream_conns']['max']}, "
           f"after {r['upstream_conns']['after']}")
-    print(f"requests missing from the access log: {r['n_missing']}")
+    print(f"requests missing from the access log: {r['n_missing']}; rows in the SQLite request log: "
+          f"{r.get('state_db_rows', 0)} of {r['requests']}")
     for name, ok in r["checks"].items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
 
