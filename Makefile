@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 BIN := $(VENV)/bin
-EXTRAS ?= local,train,litellm,embed,gemini,eval,llamacpp,test
+# `make run` needs the serving extras; the tests add the eval tools, llama.cpp (compiled from
+# source: about 4 minutes on 2 cores) and the test tools.
+EXTRAS ?= local,train,litellm,embed,gemini
+TEST_EXTRAS ?= $(EXTRAS),eval,llamacpp,test
 PYTEST_ARGS ?=
 
-.PHONY: install vllm run demo test test-fast bench check docker clean
+.PHONY: install install-test vllm run demo test test-fast bench check docker clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
 vllm: $(VLLM_VENV)/.installed
@@ -32,13 +41,13 @@ run: install
 demo: install
 	$(BIN)/oracle-council demo
 
-test: install vllm
+test: install-test vllm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install-test
 	ORACLE_COUNCIL_SKIP_VLLM=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: install
+bench: install-test
 	$(BIN)/oracle-council bench gateway --json bench-gateway.json
 
 check: install
