@@ -15,22 +15,18 @@ backend. Skipped only when ``llama_cpp`` is not importable.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
                                 "'llama-cpp-python[server]'; it compiles llama.cpp, a few minutes)")
 
 from gateway.cli import main
-from tests.serving import free_port, serve
+from tests.integration.llamacpp import running_llamacpp
+from tests.serving import serve
 from training.lora import to_messages
 
 pytestmark = [pytest.mark.slow]  # the first run on a machine builds the demo models (about a minute)
@@ -154,38 +150,10 @@ def test_the_lora_changes_llamacpp_output(exported: Exported, tokenizer) -> None
 
 @pytest.fixture(scope="module")
 def llamacpp_server(exported: Exported, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("llamacpp-server")
-    port = free_port()
-    config = {"host": "127.0.0.1", "port": port, "models": [
-        {"model": str(exported.base_gguf), "model_alias": name, "lora_path": str(exported.lora_gguf[name]),
-         "n_ctx": 512, "n_threads": 1, "seed": 0, "verbose": False} for name in ADAPTERS]}
-    (workdir / "config.json").write_text(json.dumps(config))
-    log = workdir / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", str(workdir / "config.json")],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not start in 60 s:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    models = [{"model": str(exported.base_gguf), "model_alias": name, "lora_path": str(exported.lora_gguf[name]),
+               "n_ctx": 512, "n_threads": 1, "seed": 0, "verbose": False} for name in ADAPTERS]
+    with running_llamacpp(models, tmp_path_factory.mktemp("llamacpp-server")) as url:
+        yield url
 
 
 def test_gateway_serves_both_gguf_adapters_from_one_llamacpp_server(exported: Exported, tokenizer,

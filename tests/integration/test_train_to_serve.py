@@ -11,18 +11,15 @@ llama.cpp server (how Ollama runs a GGUF LoRA) behind the gateway serving the ex
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gateway.cli import main
 from gateway.config import load_config
 from tests import tiny_lm
-from tests.serving import free_port, serve
+from tests.integration.llamacpp import running_llamacpp
+from tests.serving import serve
 
 pytestmark = [pytest.mark.slow]
 
@@ -127,33 +124,14 @@ def test_ollama_export_runs_in_llamacpp_behind_the_gateway_like_peft(pipeline):
     gguf = pipeline["ollama"] / f"{SPECIALIST}.gguf"
     assert f"ADAPTER ./{gguf.name}" in modelfile and "<|im_start|>" in modelfile
     assert f"FROM {pipeline['base_gguf']}" in modelfile
-    port = free_port()
-    workdir = pipeline["root"] / "llamacpp"
-    workdir.mkdir(exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [{
-        "model": str(pipeline["base_gguf"]), "model_alias": SPECIALIST, "lora_path": str(gguf), "n_ctx": 512,
-        "n_threads": 1, "seed": 0, "verbose": False}]}))
     registry = pipeline["root"] / "registry-llamacpp.toml"
     registry.write_text("")
-    assert main(["export", "--quiet", "--adapter", str(pipeline["adapter"]), "--format", "gguf", "--force",
-                 "--output", str(pipeline["root"] / "export" / "gguf"), "--register", str(registry),
-                 "--backend", "llamacpp", "--base-url", f"http://127.0.0.1:{port}/v1",
-                 "--backend-kind", "openai"]) == 0
-    log = workdir / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--config_file", "config.json"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
+    models = [{"model": str(pipeline["base_gguf"]), "model_alias": SPECIALIST, "lora_path": str(gguf), "n_ctx": 512,
+               "n_threads": 1, "seed": 0, "verbose": False}]
+    with running_llamacpp(models, pipeline["root"] / "llamacpp") as url:
+        assert main(["export", "--quiet", "--adapter", str(pipeline["adapter"]), "--format", "gguf", "--force",
+                     "--output", str(pipeline["root"] / "export" / "gguf"), "--register", str(registry),
+                     "--backend", "llamacpp", "--base-url", url, "--backend-kind", "openai"]) == 0
         from openai import OpenAI
         from transformers import AutoTokenizer
 
@@ -172,10 +150,3 @@ def test_ollama_export_runs_in_llamacpp_behind_the_gateway_like_peft(pipeline):
         # bytes that are not valid UTF-8 (a tiny model babbles byte tokens) decode to U+FFFD in
         # transformers, and llama.cpp's server drops them: the rest must be identical
         assert raw.parse().choices[0].text == expected.replace("\ufffd", "")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
