@@ -7,7 +7,9 @@ editor would; the app's lifespan runs as in production.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -78,6 +80,10 @@ def serve(config: GatewayConfig | str, *, startup_timeout: float = 120.0) -> Ite
     """Serve ``config`` (a GatewayConfig or TOML text) until the block ends."""
     if isinstance(config, str):
         config = parse_config(config)
+    if config.state.enabled and not config.state.db:
+        # tests never write into the user's $ORACLE_COUNCIL_HOME/state.db: a fresh file per gateway
+        db = os.path.join(tempfile.mkdtemp(prefix="oc-test-state-"), "state.db")
+        config = config.model_copy(update={"state": config.state.model_copy(update={"db": db})})
     app = create_app(config)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
