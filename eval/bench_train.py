@@ -300,3 +300,9 @@ def report(r: dict) -> str:
     if r["peak_tflops"] is None:
         lines.append("MFU: n/a (pass --peak-tflops for this device)")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `python -m eval.bench_train`: runs where only torch/transformers/peft are installed
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    sys.exit(run(ap.parse_args()))
