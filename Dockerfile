@@ -16,7 +16,7 @@ COPY router ./router
 COPY training ./training
 COPY eval ./eval
 COPY config ./config
-RUN pip install '.[local,litellm,embed,gemini]'
+RUN pip install '.[local,train,litellm,embed,gemini]'
 
 USER oracle
 # Build the embedded default's tiny model and adapters now, so the container starts offline;
