@@ -158,6 +158,8 @@ def fmt_p(p) -> str:
 
 
 def _ci(d: dict, key: str = "mean") -> str:
+    if d.get("n") == 1:  # one sample: a bootstrap interval would be a point, which reads as certainty
+        return f"{fmt(d[key])} [n=1, no CI]"
     return f"{fmt(d[key])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
 
 
