@@ -89,10 +89,22 @@ def _peft_answer(pipeline, messages: list[dict], adapter: Path | None) -> tuple[
 
 
 def test_prepared_and_trained_on_the_shipped_samples(pipeline):
-    meta = json.loads((pipeline["data"] / "metadata.json").read_text())
-    assert json.dumps(meta)  # well-formed
-    config = json.loads((pipeline["adapter"] / "training_config.json").read_text())
-    assert SPECIALIST in json.dumps(config)
+    data = pipeline["data"]
+    meta = json.loads((data / "metadata.json").read_text())
+    lines = {split: len((data / f"{split}.jsonl").read_text().splitlines()) for split in ("train", "val", "test")}
+    shipped = sum(len((SAMPLES / f"{n}.jsonl").read_text().splitlines())
+                  for n in ("euclid-asm", "seph-tilesmith", "master-sword"))
+    assert meta["counts"]["read"] == shipped and meta["counts"]["splits"] == lines
+    assert meta["counts"]["kept"] == sum(lines.values())
+    # every prepared record follows the one record shape, and the split is stratified: each
+    # specialist appears in every split
+    records = [json.loads(line) for split in lines for line in (data / f"{split}.jsonl").read_text().splitlines()]
+    assert all(r["messages"][-1]["role"] == "assistant" and r["specialist"] for r in records)
+    for specialist in ("euclid-asm", "seph-tilesmith", "master-sword"):
+        assert all(meta["counts"]["per_specialist"][specialist][split] > 0 for split in lines)
+    assert (pipeline["adapter"] / "adapter_config.json").exists()
+    assert json.loads((pipeline["adapter"] / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        pipeline["base"])
     # the adapter changes the model's answer
     messages = _prompt(pipeline)
     assert _peft_answer(pipeline, messages, pipeline["adapter"])[0] != _peft_answer(pipeline, messages, None)[0]
