@@ -29,6 +29,7 @@ from router.decision import RoutingDecision
 Arm = Literal["control", "treatment"]
 ARMS: tuple[Arm, Arm] = ("control", "treatment")
 _SCALE = 1 << 64
+_NO_HEADERS: dict[str, str] = {}
 
 
 def bucket(salt: str, identity: str) -> float:
@@ -104,6 +105,10 @@ class Tagger:
         self.experiment = experiment
         self.log = log
         self.id_salt = id_salt
+
+    def headers(self, arm: Arm | None) -> dict[str, str]:
+        """The A/B headers of a response in ``arm`` (none outside the experiment); not to be mutated."""
+        return self.experiment.headers[arm] if arm is not None else _NO_HEADERS  # type: ignore[union-attr]
 
     def __call__(self, requested: str, body: dict[str, Any], http: Any) -> tuple[Arm | None, RequestRecord | None]:
         exp = self.experiment

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import __version__, openapi
+from gateway import __version__, accounting, openapi
 from gateway.ab import Experiment, Tagger
 from gateway.backends import create_backend
 from gateway.backends.base import Backend
@@ -24,8 +24,10 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware, error_body
+from gateway.ollama import routes as ollama_routes
 from gateway.ollama.routes import router as ollama_router
 from gateway.ollama.service import OllamaService
+from gateway.openai import routes as openai_routes
 from gateway.openai.routes import router as openai_router
 from gateway.openai.service import OpenAIService
 from gateway.routing import ModelResolver
@@ -102,7 +104,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     _add_error_handlers(app)
     openapi.install(app)
     keys = [k for k in (resolve_secret(v) for v in config.server.api_keys) if k]
-    app.add_middleware(GatewayMiddleware, api_keys=keys, max_body=config.server.max_request_bytes)
+    app.add_middleware(GatewayMiddleware, api_keys=keys, max_body=config.server.max_request_bytes,
+                       serving=serving_paths())
     if config.server.cors_origins:  # outermost, so preflight requests need no API key
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
@@ -110,6 +113,19 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                                                  "x-oracle-confidence", "x-oracle-fallback",
                                                                  "x-oracle-ab-arm", "x-oracle-ab-experiment"])
     return app
+
+
+# The serving endpoints and the ``api`` label of their metrics and request-log rows.
+SERVING_APIS = {openai_routes.chat_completions: "chat", openai_routes.completions: "completion",
+                ollama_routes.chat: "ollama_chat", ollama_routes.generate: "ollama_generate"}
+
+
+def serving_paths() -> dict[str, str]:
+    """Every path of a serving endpoint (aliases included), with its ``api`` label: the requests
+    the middleware accounts for when they are answered with an error before being served. (The
+    routers are included without a prefix, so their paths are the app's.)"""
+    return {route.path: SERVING_APIS[route.endpoint] for router in (openai_router, ollama_router)
+            for route in router.routes if getattr(route, "endpoint", None) in SERVING_APIS}
 
 
 def _add_ops_routes(app: FastAPI) -> None:
@@ -145,6 +161,7 @@ def _add_ops_routes(app: FastAPI) -> None:
 
 def _add_error_handlers(app: FastAPI) -> None:
     def render(request: Request, exc: GatewayError) -> Response:
+        accounting.note_error(request.scope, exc)  # for the accounting of a request refused before serving
         headers = {"retry-after": "1"} if exc.status_code in (429, 503) else {}
         headers.update(getattr(exc, "extra_headers", None) or {})  # e.g. the A/B arm of a failed request
         return Response(error_body(request.url.path, exc), status_code=exc.status_code,

@@ -28,6 +28,7 @@ class GatewayError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    accounted = False  # True once a service has counted and logged the request that raised it
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

@@ -1,6 +1,9 @@
 """Prometheus metrics, one registry per app (so tests and several apps never share counters).
 
-    oracle_requests_total{api,model,backend,status}        requests by outcome
+    oracle_requests_total{api,model,backend,status}        requests by outcome (backend "-": none was
+                                                           reached; model "-": none could be read)
+    oracle_request_errors_total{api,status,error}          requests answered with an HTTP error, by the
+                                                           error's code (model_not_found ...) or type
     oracle_request_seconds{api,model}                      whole request, first byte to last
     oracle_upstream_seconds{backend,model,phase}           phase = first_byte | total
     oracle_tokens_total{model,backend,kind}                kind = prompt | completion
@@ -44,6 +47,8 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("oracle_requests", "Requests by API, model, backend and status",
                                 ["api", "model", "backend", "status"], registry=r)
+        self.request_errors = Counter("oracle_request_errors", "Requests answered with an HTTP error, by error code",
+                                      ["api", "status", "error"], registry=r)
         self.request_seconds = Histogram("oracle_request_seconds", "Request latency (whole response)",
                                          ["api", "model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.upstream_seconds = Histogram("oracle_upstream_seconds", "Upstream latency by phase",
@@ -75,20 +80,23 @@ class Metrics:
         self.store: RequestStore | None = None  # set by the app when [state] is on
 
     def account(self, api: str, model: str, backend: str, status: str, usage: dict | None, start: float,
-                request_id: str, record: RequestRecord | None = None) -> None:
+                request_id: str, record: RequestRecord | None = None, error: str | None = None) -> None:
         """Count a finished request (``start`` is its ``perf_counter``), write its access-log line,
-        and queue its row for the request log when there is one."""
+        and queue its row for the request log when there is one. ``error`` is the code (or type)
+        of the error the client was answered with, if it was."""
         end = time.perf_counter()
         elapsed = end - start
         if record is not None and self.store is not None:
-            self.store.log_request(record.row(request_id, api, model, backend, status, usage, start, end))
+            self.store.log_request(record.row(request_id, api, model, backend, status, usage, start, end, error))
         self.requests.labels(api, model, backend, status).inc()
         self.request_seconds.labels(api, model).observe(elapsed)
+        if error is not None:
+            self.request_errors.labels(api, status, error).inc()
         if usage:
             self.count_usage(model, backend, usage)
         if log.isEnabledFor(logging.INFO):
-            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f", request_id, api, model, backend, status,
-                     elapsed * 1000)
+            log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f%s", request_id, api, model, backend, status,
+                     elapsed * 1000, "" if error is None else f" error={error}")
 
     def count_usage(self, model: str, backend: str, usage: dict | None) -> None:
         if not isinstance(usage, dict):

@@ -5,7 +5,10 @@
 - optional bearer API keys, compared in constant time (``/healthz``, ``/readyz`` and
   ``/metrics`` stay open for probes and scrapers); the key itself is never logged;
 - a request-size limit, checked on ``content-length`` and again while the body is read (a
-  chunked upload cannot slip past it).
+  chunked upload cannot slip past it);
+- the accounting of a request to a serving endpoint that is answered with an error before any
+  service took it on (a rejected key or size here, a body or model the app refuses, a crash):
+  it is followed with a ``Tracked`` and settled once its answer is sent (``gateway.accounting``).
 
 Errors are written in the wire format of the API the request was for (Ollama under ``/api/``,
 OpenAI elsewhere). Pure ASGI rather than ``BaseHTTPMiddleware``: it adds microseconds, not a task
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from gateway import accounting
 from gateway.errors import AuthenticationError, GatewayError, PayloadTooLarge
 
 Scope = dict[str, Any]
@@ -37,10 +42,13 @@ def error_body(path: str, exc: GatewayError) -> bytes:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: Callable, *, api_keys: Iterable[str], max_body: int) -> None:
+    def __init__(self, app: Callable, *, api_keys: Iterable[str], max_body: int,
+                 serving: Mapping[str, str] | None = None) -> None:
+        """``serving``: the paths of the serving endpoints, each with its ``api`` label."""
         self.app = app
         self.keys = [k.encode() for k in api_keys if k]
         self.max_body = max_body
+        self.serving = dict(serving or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,35 +63,55 @@ class GatewayMiddleware:
             elif name == b"content-length":
                 length = value
         rid = rid if rid is not None and _SANE_ID.match(rid) else uuid.uuid4().hex.encode()
-        scope.setdefault("state", {})["request_id"] = rid.decode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid.decode()
         path = scope["path"]
+        api = self.serving.get(path)
+        tracked = None
+        if api is not None:
+            tracked = state[accounting.TRACKED] = accounting.Tracked(api, time.perf_counter())
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                if tracked is not None:
+                    tracked.status = message["status"]
+                    if tracked.status >= 400:  # counted before it is sent, so a client that reads the
+                        accounting.settle(scope, tracked)  # metrics or the log next finds it there
             await send(message)
 
-        if self.keys and path not in OPEN_PATHS and not self._authorized(auth):
-            err = AuthenticationError("missing or invalid API key: send 'Authorization: Bearer <key>' "
-                                      "with a key from [server].api_keys")
-            await self._reject(path, err, send_with_id, extra=[(b"www-authenticate", b"Bearer")])
-            return
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._reject(path, self._too_large(), send_with_id)
-            return
+        try:
+            if self.keys and path not in OPEN_PATHS and not self._authorized(auth):
+                err: GatewayError = AuthenticationError("missing or invalid API key: send 'Authorization: Bearer "
+                                                        "<key>' with a key from [server].api_keys")
+                if tracked is not None:
+                    tracked.error = err
+                await self._reject(path, err, send_with_id, extra=[(b"www-authenticate", b"Bearer")])
+                return
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                err = self._too_large()
+                if tracked is not None:
+                    tracked.error = err
+                await self._reject(path, err, send_with_id)
+                return
 
-        received = 0
+            received = 0
 
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise self._too_large()
-            return message
+            async def counting_receive() -> dict:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body:
+                        raise self._too_large()
+                return message
 
-        await self.app(scope, counting_receive, send_with_id)
+            await self.app(scope, counting_receive, send_with_id)
+        except Exception:
+            if tracked is not None and tracked.status is None:  # nothing was sent: the server answers 500
+                tracked.status = 500
+                accounting.settle(scope, tracked, crashed=True)
+            raise
 
     def _authorized(self, header: bytes | None) -> bool:
         if header is None or not header[:7].lower() == b"bearer ":

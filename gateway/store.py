@@ -19,7 +19,8 @@ immediate transaction and is safe to run from several instances at once.
 
     requests  id, request_id, ts (unix s, when the request started), api, requested_model,
               served_model, backend, experiment, arm, router, specialist, status, latency_ms,
-              first_byte_ms, prompt_tokens, completion_tokens, user_hash, key_hash
+              first_byte_ms, prompt_tokens, completion_tokens, user_hash, key_hash,
+              error (the error's code or type when the answer was an HTTP error; since v2)
     feedback  id, request_id, ts, score (0..1), thumbs ('up' | 'down'), comment
 """
 
@@ -76,12 +77,14 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_request_id ON feedback(request_id);
 """),
+    # the error code (model_not_found, request_too_large, ...) or type of a request answered with an error
+    (2, "ALTER TABLE requests ADD COLUMN error TEXT"),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 REQUEST_COLUMNS = ("request_id", "ts", "api", "requested_model", "served_model", "backend", "experiment", "arm",
                    "router", "specialist", "status", "latency_ms", "first_byte_ms", "prompt_tokens",
-                   "completion_tokens", "user_hash", "key_hash")
+                   "completion_tokens", "user_hash", "key_hash", "error")
 _INSERT_REQUEST = (f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
                    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})")
 # Rows go in as multi-row INSERTs: one statement (one sqlite3_step, one release of the GIL) per
@@ -139,7 +142,7 @@ class RequestRecord:
 
     __slots__ = ("requested", "experiment", "arm", "router", "specialist", "user_hash", "key_hash", "first_byte")
 
-    def __init__(self, requested: str, *, experiment: str | None = None, arm: str | None = None,
+    def __init__(self, requested: str | None, *, experiment: str | None = None, arm: str | None = None,
                  user_hash: str | None = None, key_hash: str | None = None) -> None:
         self.requested = requested
         self.experiment = experiment
@@ -151,14 +154,15 @@ class RequestRecord:
         self.first_byte: float | None = None  # perf_counter when the answer (or its first chunk) was ready
 
     def row(self, request_id: str, api: str, model: str, backend: str, status: str, usage: dict | None,
-            start: float, end: float) -> tuple:
+            start: float, end: float, error: str | None = None) -> tuple:
+        """The row, in ``REQUEST_COLUMNS`` order; a ``model`` or ``backend`` of ``-`` (none) is NULL."""
         usage = usage if isinstance(usage, dict) else {}
-        return (request_id, time.time() - (end - start), api, self.requested, model,
+        return (request_id, time.time() - (end - start), api, self.requested, None if model == "-" else model,
                 None if backend == "-" else backend, self.experiment, self.arm, self.router, self.specialist,
                 status, (end - start) * 1000.0,
                 None if self.first_byte is None else (self.first_byte - start) * 1000.0,
                 _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
-                self.user_hash, self.key_hash)
+                self.user_hash, self.key_hash, error)
 
 
 def _count(n: Any) -> int | None:

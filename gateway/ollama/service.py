@@ -39,6 +39,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import __version__, toolcalls
 from gateway.ab import Tagger
+from gateway.accounting import failed
 from gateway.config import ROUTER_MODEL, GatewayConfig, ModelSpec
 from gateway.dispatch import Dispatcher, Served
 from gateway.errors import GatewayError, ModelNotFound, UpstreamTimeout
@@ -135,18 +136,13 @@ class OllamaService:
             if record is not None:
                 record.first_byte = time.perf_counter()
         except GatewayError as exc:
-            self.metrics.in_flight.dec()
-            self.metrics.account(api, decision.model if decision else name, "-", f"error_{exc.status_code}", None,
-                                 start, request_id, record)
-            if arm is not None:
-                exc.extra_headers = self.tag.experiment.headers[arm]  # type: ignore[attr-defined,union-attr]
+            failed(self.metrics, self.tag, exc, api=api, arm=arm, start=start, request_id=request_id, record=record,
+                   model=decision.model if decision else name)
             raise
         except BaseException:
             self.metrics.in_flight.dec()
             raise
-        headers = {**decision.headers(), **served.headers()}
-        if arm is not None:
-            headers.update(self.tag.experiment.headers[arm])  # type: ignore[union-attr]
+        headers = {**decision.headers(), **served.headers(), **self.tag.headers(arm)}
         shape = _Shape(served.model.name, chat=api == "ollama_chat", completion=completion, as_json=as_json,
                        tools=tools)
 

@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway import accounting
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.openai.protocol import FeedbackRequest
 
@@ -17,9 +18,11 @@ async def read_json(request: Request) -> object:
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON (or not UTF-8): {exc}") from None
+    accounting.note_body(request.scope, parsed)  # the model name, should the request be refused
+    return parsed
 
 
 # Without /v1 too: clients that append /chat/completions to a bare base URL, and older YAZE

@@ -10,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import toolcalls
 from gateway.ab import Tagger
+from gateway.accounting import failed
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -87,18 +88,13 @@ class OpenAIService:
             if record is not None:
                 record.first_byte = time.perf_counter()
         except GatewayError as exc:
-            self.metrics.in_flight.dec()
-            model = decision.model if decision else str(raw.get("model", ""))[:64]
-            self.metrics.account(api, model, "-", f"error_{exc.status_code}", None, start, request_id, record)
-            if arm is not None:
-                exc.extra_headers = self.tag.experiment.headers[arm]  # type: ignore[attr-defined,union-attr]
+            failed(self.metrics, self.tag, exc, api=api, arm=arm, start=start, request_id=request_id, record=record,
+                   model=decision.model if decision else str(raw.get("model", ""))[:64])
             raise
         except BaseException:
             self.metrics.in_flight.dec()
             raise
-        headers = {**decision.headers(), **served.headers()}
-        if arm is not None:
-            headers.update(self.tag.experiment.headers[arm])  # type: ignore[union-attr]
+        headers = {**decision.headers(), **served.headers(), **self.tag.headers(arm)}
         name = served.model.name
         tools = toolcalls.requested_tools(raw) if api == "chat" else None
 

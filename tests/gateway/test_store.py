@@ -26,7 +26,7 @@ def row(i: int, **kw) -> tuple:
     values = dict(request_id=f"req-{i}", ts=1_700_000_000.0 + i, api="chat", requested_model="oracle-council",
                   served_model="euclid-asm", backend="up", experiment=None, arm=None, router="direct",
                   specialist="euclid-asm", status="ok", latency_ms=1.5, first_byte_ms=1.0, prompt_tokens=3,
-                  completion_tokens=4, user_hash=None, key_hash=None)
+                  completion_tokens=4, user_hash=None, key_hash=None, error=None)
     values.update(kw)
     return tuple(values[c] for c in REQUEST_COLUMNS)
 
@@ -70,6 +70,30 @@ def test_schema_is_versioned_wal_and_migrations_are_idempotent(tmp_path):
     conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, 0)", (SCHEMA_VERSION + 1,))
     with pytest.raises(sqlite3.DatabaseError, match="newer than this gateway"):
         migrate(conn)
+
+
+def test_a_version_1_file_gets_the_error_column_and_keeps_its_rows(tmp_path):
+    from gateway.store import MIGRATIONS
+
+    path = str(tmp_path / "v1.db")
+    conn = connect(path)  # a file written by a gateway before the error column
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for statement in filter(str.strip, MIGRATIONS[0][1].split(";")):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version (version, applied) VALUES (1, 0)")
+    v1_columns = REQUEST_COLUMNS[:-1]
+    conn.execute(f"INSERT INTO requests ({', '.join(v1_columns)}) VALUES ({', '.join('?' for _ in v1_columns)})",
+                 row(1)[:-1])
+    assert migrate(conn) == 1
+    assert [r[1] for r in conn.execute("PRAGMA table_info(requests)")] == ["id", *REQUEST_COLUMNS]
+    conn.close()
+    store = make(path)
+    store.log_request(row(2, status="error_404", error="model_not_found"))
+    assert store.flush(10)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        got = conn.execute("SELECT request_id, status, error FROM requests ORDER BY id").fetchall()
+    assert got == [("req-1", "ok", None), ("req-2", "error_404", "model_not_found")]
 
 
 def test_rows_are_written_in_batches_and_close_flushes_everything(db):
@@ -206,7 +230,11 @@ def test_record_row_and_pseudonyms():
     assert "sk-1" not in repr(values) and "alice" not in repr(values)
     assert len(values["key_hash"]) == 16
     missing = dict(zip(REQUEST_COLUMNS, rec.row("r", "chat", "m", "-", "error_502", None, start, start)))
-    assert missing["backend"] is None and missing["prompt_tokens"] is None
+    assert missing["backend"] is None and missing["prompt_tokens"] is None and missing["error"] is None
+    refused = dict(zip(REQUEST_COLUMNS, RequestRecord(None).row("r", "chat", "-", "-", "error_400", None, start,
+                                                                start, "invalid_request_error")))
+    assert (refused["requested_model"], refused["served_model"], refused["error"]) == (
+        None, None, "invalid_request_error")
 
 
 def test_big_batches_go_in_as_multi_row_inserts_with_every_value_in_place(db):
