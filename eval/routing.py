@@ -106,6 +106,7 @@ def render(results: dict[str, dict[str, Any]], data: str) -> str:
     row("served accuracy (oos = master-sword)", lambda r: num(r["served_accuracy"]))
     row("oracle accuracy", lambda r: num(r["oracle_accuracy"]))
     row("  single-domain prompts only", lambda r: num(r["single_domain_oracle_accuracy"]))
+    row("  as decided (oos, cross: system)", lambda r: num(r.get("served_oracle_accuracy")))
     row("cross-domain precision", lambda r: num(r["cross_domain"]["precision"]))
     row("cross-domain recall", lambda r: num(r["cross_domain"]["recall"]))
     row("cross-domain F1", lambda r: num(r["cross_domain"]["f1"]))

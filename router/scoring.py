@@ -10,7 +10,9 @@ Scoring rules (the same everywhere, and in README.md):
   accuracy with the two merged (what a user notices);
 - *oracle accuracy* compares coarse targets: the oracle for a specialist, ``cross-domain`` for
   master-sword, ``out-of-scope`` for out-of-scope. ``single_domain_oracle_accuracy`` is the
-  same over the single-specialist prompts only;
+  same over the single-specialist prompts only. ``served_oracle_accuracy`` compares the
+  decision's own ``oracle`` field instead, where cross-domain and out-of-scope prompts are both
+  ``system`` (both are served by master-sword);
 - *cross-domain* precision/recall/F1: positive = labelled master-sword; predicted positive =
   the decision's ``cross_domain`` flag;
 - *task type accuracy*: over the prompts labelled euclid-asm; a prompt routed elsewhere counts
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from router.taxonomy import MASTER_SWORD, OUT_OF_SCOPE, ROUTE_LABELS, oracle_of
+from router.taxonomy import MASTER_SWORD, OUT_OF_SCOPE, ROUTE_LABELS, SYSTEM_ORACLE, oracle_of
 
 CROSS = "cross-domain"
 
@@ -81,6 +83,8 @@ def score(gold: Sequence[str], pred: Sequence[str], *, pred_cross: Sequence[bool
         "accuracy": round(correct / n, 4),
         "served_accuracy": round(served / n, 4),
         "oracle_accuracy": round(sum(a == b for a, b in zip(o_gold, o_pred)) / n, 4),
+        "served_oracle_accuracy": round(sum(oracle_of(g) == (SYSTEM_ORACLE if c else oracle_of(p))
+                                            for g, p, c in zip(gold, pred, cross)) / n, 4),
         "single_domain_oracle_accuracy": round(sum(o_gold[i] == o_pred[i] for i in single) / len(single), 4)
         if single else None,
         "cross_domain": prf(tp, fp, fn),
