@@ -8,7 +8,10 @@ is the best label or a second oracle scores at least ``cross_domain_threshold``;
 an oracle (``oracle-din``) chooses only among that oracle's specialists. With
 ``cross_domain_floor`` set, master-sword also needs the oracle scores to agree a little: when the
 second-best oracle scores below the floor, the best single label wins instead (a long prompt
-about one field, written in two fields' words, is not cross-domain).
+about one field, written in two fields' words, is not cross-domain). With
+``out_of_scope_threshold`` set, ``out-of-scope`` wins exactly when its probability reaches the
+threshold, whatever the other labels score, and never below it (the embedding classifier tunes
+it on validation folds, like the other thresholds).
 
 The decision's ``model`` is the label's own model (the specialist, or master-sword for
 cross-domain and out-of-scope prompts); whether that model is deployed is the gateway's business.
@@ -43,6 +46,7 @@ class Classifier(ABC):
     cross_domain_threshold: float = 0.5     # a second oracle at or above it makes the prompt cross-domain
     master_sword_threshold: float | None = None  # P(master-sword) at or above it: cross-domain (None: argmax)
     cross_domain_floor: float | None = None  # master-sword needs a second oracle at or above it (None: no veto)
+    out_of_scope_threshold: float | None = None  # P(out-of-scope) at or above it: out-of-scope (None: argmax)
 
     @abstractmethod
     def score(self, texts: Sequence[str]) -> list[Scores]:
@@ -58,14 +62,17 @@ class Classifier(ABC):
         labels = scores.labels
         if not labels:
             raise NoDecision("the classifier returned no scores")
-        best = max(labels, key=labels.__getitem__)
+        choice = labels  # what the best label is chosen on; confidences stay the classifier's
+        if self.out_of_scope_threshold is not None and OUT_OF_SCOPE in labels:
+            choice = {**labels, OUT_OF_SCOPE: 1.0 if labels[OUT_OF_SCOPE] >= self.out_of_scope_threshold else 0.0}
+        best = max(choice, key=choice.__getitem__)
         p_ms = labels.get(MASTER_SWORD, 0.0)
         ranked = sorted(scores.oracles.items(), key=lambda kv: kv[1], reverse=True)
         second = ranked[1][1] if len(ranked) > 1 else 0.0
         vetoed = self.cross_domain_floor is not None and len(ranked) > 1 and second < self.cross_domain_floor
         if best == MASTER_SWORD and len(labels) > 1 and (
                 vetoed or (self.master_sword_threshold is not None and p_ms < self.master_sword_threshold)):
-            best = max((k for k in labels if k != MASTER_SWORD), key=labels.__getitem__)
+            best = max((k for k in choice if k != MASTER_SWORD), key=choice.__getitem__)
         ms_hit = self.master_sword_threshold is not None and p_ms >= self.master_sword_threshold and not vetoed
         if best == MASTER_SWORD or ms_hit or (best != OUT_OF_SCOPE and second >= self.cross_domain_threshold):
             involved = [f"{o} {p:.2f}" for o, p in ranked if p >= min(self.cross_domain_threshold, 0.5)]

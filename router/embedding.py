@@ -94,6 +94,7 @@ class EmbeddingClassifier(Classifier):
                                        else float(tuned.get("cross_domain", 0.5)))
         self.master_sword_threshold = tuned.get("master_sword")
         self.cross_domain_floor = tuned.get("cross_domain_floor")
+        self.out_of_scope_threshold = tuned.get("out_of_scope")
         self._labels = [str(c) for c in heads.labels.classes_]
         self._tasks = [str(c) for c in heads.task_types.classes_]
 

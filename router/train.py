@@ -42,7 +42,7 @@ from router.taxonomy import ASM_TASK_TYPES, ROUTE_LABELS
 log = logging.getLogger("oracle_council.router")
 
 CENTROIDS_FILE = "centroids.npz"
-RECIPE_VERSION = "router-v3"  # bump when the recipe below changes: cached defaults are then retrained
+RECIPE_VERSION = "router-v4"  # bump when the recipe below changes: cached defaults are then retrained
 HOME_ENV = "ORACLE_COUNCIL_HOME"
 
 

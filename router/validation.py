@@ -2,8 +2,9 @@
 
 ``fit_heads`` fits the three heads of router/embedding.py on labelled rows and their
 embeddings. ``cross_validate`` predicts every row from heads fitted on the other folds, tunes the
-two cross-domain thresholds on those out-of-fold predictions (maximising specialist accuracy +
-cross-domain F1; the grid is small and listed below) and scores the tuned rule per class. The
+cross-domain thresholds on those out-of-fold predictions (maximising specialist accuracy +
+cross-domain F1; the grid is small and listed below), then, with those fixed, the out-of-scope
+threshold, and scores the tuned rule per class. The
 scores are therefore slightly optimistic for the thresholds, and honest for everything else.
 """
 
@@ -23,6 +24,8 @@ MASTER_SWORD_GRID: tuple[float | None, ...] = (None, 0.5, 0.45, 0.4, 0.35, 0.3, 
 CROSS_DOMAIN_GRID: tuple[float, ...] = (1.01, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 # the second oracle's score below which master-sword is vetoed (None: never)
 CROSS_DOMAIN_FLOOR_GRID: tuple[float | None, ...] = (None, 0.1, 0.3)
+# P(out-of-scope) at or above which a prompt is out-of-scope (None: when it is the best label)
+OUT_OF_SCOPE_GRID: tuple[float | None, ...] = (None, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2)
 
 
 def _domains(row: dict[str, Any]) -> list[str]:
@@ -65,10 +68,12 @@ class _Rule(Classifier):
 
     name = "embedding"
 
-    def __init__(self, master_sword: float | None, cross_domain: float, floor: float | None = None) -> None:
+    def __init__(self, master_sword: float | None, cross_domain: float, floor: float | None = None,
+                 out_of_scope: float | None = None) -> None:
         self.master_sword_threshold = master_sword
         self.cross_domain_threshold = cross_domain
         self.cross_domain_floor = floor
+        self.out_of_scope_threshold = out_of_scope
 
     def score(self, texts: Sequence[str]) -> list[Scores]:  # pragma: no cover - never called
         raise NotImplementedError
@@ -93,22 +98,32 @@ def cross_validate(rows: Sequence[dict[str, Any]], vectors: Any, config: Any) ->
                                task_types={t: float(p) for t, p in zip(tasks, p_tasks[k])})
 
     gold_tasks = [r.get("task_type") for r in rows]
-    best: tuple[float, float | None, float, float | None, dict[str, Any]] | None = None
+
+    def measure(rule: _Rule) -> tuple[float, dict[str, Any]]:
+        decisions = [rule.decide(s) for s in scores]  # type: ignore[arg-type]
+        report = score(labels, [d.specialist for d in decisions], pred_cross=[d.cross_domain for d in decisions],
+                       gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
+        return report["accuracy"] + report["cross_domain"]["f1"], report
+
+    # the cross-domain thresholds first, then the out-of-scope one with them fixed (simplest first:
+    # a later setting must do strictly better to be chosen)
+    best: tuple[float, tuple[float | None, float, float | None, float | None], dict[str, Any]] | None = None
     for floor in CROSS_DOMAIN_FLOOR_GRID:
         for ms in MASTER_SWORD_GRID:
             for cd in CROSS_DOMAIN_GRID:
-                rule = _Rule(ms, cd, floor)
-                decisions = [rule.decide(s) for s in scores]  # type: ignore[arg-type]
-                report = score(labels, [d.specialist for d in decisions],
-                               pred_cross=[d.cross_domain for d in decisions],
-                               gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
-                objective = report["accuracy"] + report["cross_domain"]["f1"]
+                objective, report = measure(_Rule(ms, cd, floor))
                 if best is None or objective > best[0] + 1e-9:
-                    best = (objective, ms, cd, floor, report)
+                    best = (objective, (ms, cd, floor, None), report)
     assert best is not None
-    _, ms, cd, floor, report = best
+    ms, cd, floor, _ = best[1]
+    for oos in OUT_OF_SCOPE_GRID[1:]:
+        objective, report = measure(_Rule(ms, cd, floor, oos))
+        if objective > best[0] + 1e-9:
+            best = (objective, (ms, cd, floor, oos), report)
+    _, (ms, cd, floor, oos), report = best
     report.pop("labels")
     report.pop("confusion")
     return {"method": f"{config.folds}-fold stratified cross-validation (seed {config.seed})",
-            "thresholds": {"master_sword": ms, "cross_domain": cd, "cross_domain_floor": floor}, **report,
+            "thresholds": {"master_sword": ms, "cross_domain": cd, "cross_domain_floor": floor,
+                           "out_of_scope": oos}, **report,
             "labels_scored": list(ROUTE_LABELS)}

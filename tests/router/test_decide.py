@@ -71,3 +71,19 @@ def test_the_floor_vetoes_master_sword_when_only_one_oracle_is_needed():
     clf.master_sword_threshold = 0.5  # the P(master-sword) rule is vetoed the same way
     assert clf.decide(_ms_scores(0.02)).specialist == "saria-voice"
     assert clf.decide(_ms_scores(0.4)).specialist == "master-sword"
+
+
+def test_out_of_scope_threshold_decides_out_of_scope_alone():
+    clf = FakeClassifier()  # a bare Classifier: no threshold, the argmax decides
+    scores = Scores(labels={"kaepora-teacher": 0.5, "out-of-scope": 0.3, "master-sword": 0.2},
+                    oracles={"oracle-nayru": 0.6, "oracle-din": 0.05, "oracle-farore": 0.02})
+    assert clf.decide(scores).specialist == "kaepora-teacher"
+    clf.out_of_scope_threshold = 0.25  # reached: out-of-scope wins over a higher specialist
+    d = clf.decide(scores)
+    assert (d.specialist, d.model, d.cross_domain) == ("out-of-scope", "master-sword", False)
+    assert d.confidence == pytest.approx(0.3)  # the classifier's probability, not the rule's
+    clf.out_of_scope_threshold = 0.4  # not reached: the best in-scope label wins
+    assert clf.decide(scores).specialist == "kaepora-teacher"
+    below = Scores(labels={"out-of-scope": 0.45, "saria-voice": 0.35, "master-sword": 0.2})
+    clf.out_of_scope_threshold = 0.5  # the argmax is out-of-scope but under the threshold
+    assert clf.decide(below).specialist == "saria-voice"
