@@ -4,7 +4,10 @@ Features of one prompt: its sentence embedding (MiniLM by default, weighted ``em
 the hand-made lexicon, code-shape and two-task features of router/features.py
 (``lexicon_weight``), char n-gram TF-IDF (2-5 characters within word bounds), which catches
 spellings such as ``lc_lz2``, ``$7EF3C5`` or ``{WINDOW 02}`` that the sentence model tokenises
-into noise, and word 1-2-gram TF-IDF (``write the lines``, ``item description``, ``$7EF3C5``).
+into noise, word 1-2-gram TF-IDF (``write the lines``, ``item description``, ``$7EF3C5``), and,
+for each route label, how close the prompt's embedding is to that label's nearest training
+prompts (the mean cosine of the ``knn_k`` closest, weighted ``knn_weight``): a new prompt that
+paraphrases a known one is recognised even where a linear head cannot draw the line.
 
 Heads (logistic regressions, whose probabilities are calibrated well enough here that the
 thresholds tuned on validation folds carry over; see ``router train``'s metadata):
@@ -53,8 +56,12 @@ class Heads:
     embedding_weight: float
     lexicon_weight: float
     word_tfidf: Any = None     # sklearn TfidfVectorizer (word 1-2-grams) or None
+    knn: "NearestLabels | None" = None  # the training prompts' embeddings, by label
+    knn_weight: float = 0.0
 
-    def features(self, texts: Sequence[str], vectors: Any) -> Any:
+    def features(self, texts: Sequence[str], vectors: Any, *, knn_block: Any = None) -> Any:
+        """The feature matrix of ``texts``. ``knn_block``: the nearest-label block computed by the
+        caller (training computes it out of fold, so a prompt is never its own neighbour)."""
         import numpy as np
         from scipy.sparse import csr_matrix, hstack
 
@@ -67,6 +74,10 @@ class Heads:
             blocks.append(self.char_tfidf.transform(texts))
         if getattr(self, "word_tfidf", None) is not None:  # absent from heads pickled before it existed
             blocks.append(self.word_tfidf.transform(texts))
+        if getattr(self, "knn", None) is not None and self.knn_weight > 0:
+            if knn_block is None:
+                knn_block = self.knn.similarities(vectors)
+            blocks.append(csr_matrix(np.asarray(knn_block, dtype=np.float64) * self.knn_weight))
         return hstack(blocks, format="csr")
 
     def predict(self, texts: Sequence[str], vectors: Any) -> tuple[Any, Any, Any]:
@@ -78,6 +89,36 @@ class Heads:
         oracles = np.column_stack([h.predict_proba(X)[:, 1] for h in self.oracles])
         tasks = self.task_types.predict_proba(X)
         return labels, oracles, tasks
+
+
+class NearestLabels:
+    """Unit-norm embeddings of labelled prompts; ``similarities(vectors)`` gives, for each route
+    label, the mean cosine between each vector and its ``k`` closest prompts of that label."""
+
+    def __init__(self, vectors: Any, labels: Sequence[str], k: int) -> None:
+        import numpy as np
+
+        from router.taxonomy import ROUTE_LABELS
+
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        labels = np.asarray(list(labels))
+        self.k = k
+        # column indices of each route label's prompts, in ROUTE_LABELS order (empty: no prompts)
+        self.index = [np.flatnonzero(labels == label) for label in ROUTE_LABELS]
+
+    def similarities(self, vectors: Any) -> Any:
+        import numpy as np
+
+        sims = np.asarray(vectors, dtype=np.float32) @ self.vectors.T
+        out = np.zeros((sims.shape[0], len(self.index)), dtype=np.float64)
+        for j, idx in enumerate(self.index):
+            if len(idx) == 0:
+                continue
+            k = min(self.k, len(idx))
+            out[:, j] = np.partition(sims[:, idx], len(idx) - k, axis=1)[:, -k:].mean(axis=1)
+        return out
 
 
 class EmbeddingClassifier(Classifier):

