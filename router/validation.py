@@ -16,7 +16,7 @@ from typing import Any
 from router.base import Classifier, Scores
 from router.embedding import Heads, NearestLabels
 from router.scoring import score
-from router.taxonomy import ORACLE_NAMES, OUT_OF_SCOPE, ROUTE_LABELS, oracle_of
+from router.taxonomy import MASTER_SWORD, ORACLE_NAMES, OUT_OF_SCOPE, ROUTE_LABELS, oracle_of
 
 # P(master-sword) thresholds (None: master-sword only when it is the best label) and
 # second-oracle thresholds (above 1: the oracle heads never decide alone), simplest first
@@ -113,28 +113,38 @@ def cross_validate(rows: Sequence[dict[str, Any]], vectors: Any, config: Any) ->
 
     gold_tasks = [r.get("task_type") for r in rows]
 
-    def measure(rule: _Rule) -> tuple[float, dict[str, Any]]:
+    gold_cross = [label == MASTER_SWORD for label in labels]
+
+    def measure(rule: _Rule) -> tuple[float, Any]:
+        """The objective (specialist accuracy + cross-domain F1) of one rule, and its decisions."""
         decisions = [rule.decide(s) for s in scores]  # type: ignore[arg-type]
-        report = score(labels, [d.specialist for d in decisions], pred_cross=[d.cross_domain for d in decisions],
-                       gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
-        return report["accuracy"] + report["cross_domain"]["f1"], report
+        correct = tp = fp = fn = 0
+        for gold, gold_x, d in zip(labels, gold_cross, decisions):
+            correct += gold == d.specialist
+            tp += gold_x and d.cross_domain
+            fp += not gold_x and d.cross_domain
+            fn += gold_x and not d.cross_domain
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        return correct / len(labels) + f1, decisions
 
     # the cross-domain thresholds first, then the out-of-scope one with them fixed (simplest first:
     # a later setting must do strictly better to be chosen)
-    best: tuple[float, tuple[float | None, float, float | None, float | None], dict[str, Any]] | None = None
+    best: tuple[float, tuple[float | None, float, float | None, float | None], Any] | None = None
     for floor in CROSS_DOMAIN_FLOOR_GRID:
         for ms in MASTER_SWORD_GRID:
             for cd in CROSS_DOMAIN_GRID:
-                objective, report = measure(_Rule(ms, cd, floor))
+                objective, decisions = measure(_Rule(ms, cd, floor))
                 if best is None or objective > best[0] + 1e-9:
-                    best = (objective, (ms, cd, floor, None), report)
+                    best = (objective, (ms, cd, floor, None), decisions)
     assert best is not None
     ms, cd, floor, _ = best[1]
     for oos in OUT_OF_SCOPE_GRID[1:]:
-        objective, report = measure(_Rule(ms, cd, floor, oos))
+        objective, decisions = measure(_Rule(ms, cd, floor, oos))
         if objective > best[0] + 1e-9:
-            best = (objective, (ms, cd, floor, oos), report)
-    _, (ms, cd, floor, oos), report = best
+            best = (objective, (ms, cd, floor, oos), decisions)
+    _, (ms, cd, floor, oos), decisions = best
+    report = score(labels, [d.specialist for d in decisions], pred_cross=[d.cross_domain for d in decisions],
+                   gold_tasks=gold_tasks, pred_tasks=[d.task_type for d in decisions])
     report.pop("labels")
     report.pop("confusion")
     return {"method": f"{config.folds}-fold stratified cross-validation (seed {config.seed})",
