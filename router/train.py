@@ -11,7 +11,7 @@ data the first time it is needed and cached in ``$ORACLE_COUNCIL_HOME/router/<ke
 being a hash of the data, the recipe (its version, its settings and the source of the modules
 that compute features and fit heads), the encoder model and the library versions, so a new
 scikit-learn, new data or an edited feature trains a new one and nothing stale is ever loaded. Training is
-deterministic (fixed folds, newton-cg, prompts embedded one at a time); it takes about a minute
+deterministic (fixed folds, newton-cg, prompts embedded one at a time); it takes about two minutes
 on two cores, most of it embedding.
 """
 
@@ -188,7 +188,7 @@ def ensure_default(*, model: str | None = None, home: str | os.PathLike | None =
     with _exclusive(root / ".lock"):
         if (target / "metadata.json").is_file():  # another process trained it while we waited
             return target
-        log.warning("training the default router classifier on %s (once per machine, ~1 min) into %s",
+        log.warning("training the default router classifier on %s (once per machine, ~2 min) into %s",
                     data_path.name, target)
         tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=root))
         try:
