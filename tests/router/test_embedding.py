@@ -22,8 +22,10 @@ CLEAR = {
         ("nayru-lorekeeper", None),
     "Write three lines for a grumpy blacksmith NPC who refuses to temper the sword": ("saria-voice", None),
     "What's a good recipe for banana bread without eggs?": ("out-of-scope", None),
-    "The hook is written and the message ID is reserved, I only need the text: what the lighthouse keeper says "
-    "to Link on a stormy night.": ("saria-voice", None),
+    # "I only need the text: what ... says" sits between saria-voice and zelda-scribe (the router gives
+    # them 0.37 / 0.39); asking for "his lines" is the clear form of "the hook is done, write the words"
+    "The hook is written and the message ID is reserved, I only need his lines: what the lighthouse keeper says "
+    "to Link on a stormy night, gruff and tired.": ("saria-voice", None),
     "Design a quest where the player trades a bottle of fairy dust for a map, and write the 65816 routine "
     "that sets the event flag in $7EF3C6 when the trade happens": ("master-sword", None),
 }
