@@ -22,6 +22,38 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 
 
+def loopback_models(base_url: str, *, master_sword: str = "parrot") -> str:
+    """The ``[[backends]]`` and ``[[models]]`` TOML that the request-log and A/B tests share: one
+    OpenAI-compatible backend ``up`` (the loopback upstream at ``base_url``, no retries) serving
+    ``euclid-asm`` (its ``echo`` model), ``master-sword`` (``master_sword``) and ``refuser``
+    (answers 400)."""
+    return f"""
+[[backends]]
+name = "up"
+kind = "openai"
+base_url = "{base_url}"
+retries = 0
+
+[[models]]
+name = "euclid-asm"
+oracle = "oracle-din"
+backend = "up"
+upstream_model = "echo"
+
+[[models]]
+name = "master-sword"
+oracle = "system"
+backend = "up"
+upstream_model = "{master_sword}"
+
+[[models]]
+name = "refuser"
+oracle = "oracle-din"
+backend = "up"
+upstream_model = "status-400"
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

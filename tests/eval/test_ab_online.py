@@ -14,7 +14,7 @@ import pytest
 from gateway.cli import main
 from gateway.store import REQUEST_COLUMNS, connect, migrate
 from tests.conftest import ThreadedUpstream
-from tests.serving import serve
+from tests.serving import loopback_models, serve
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
@@ -155,21 +155,7 @@ db = "{db}"
 enabled = true
 name = "live"
 share = 0.5
-[[backends]]
-name = "up"
-kind = "openai"
-base_url = "{up.base_url}"
-[[models]]
-name = "euclid-asm"
-oracle = "oracle-din"
-backend = "up"
-upstream_model = "echo"
-[[models]]
-name = "master-sword"
-oracle = "system"
-backend = "up"
-upstream_model = "echo"
-"""
+{loopback_models(up.base_url, master_sword="echo")}"""
         arms = {"control": 0, "treatment": 0}
         thumbs = {"control": [], "treatment": []}
         with serve(cfg) as gw:

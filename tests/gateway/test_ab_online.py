@@ -19,7 +19,7 @@ from gateway.ab import Experiment, assign, bucket
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from tests.conftest import ThreadedUpstream
-from tests.serving import serve
+from tests.serving import loopback_models, serve
 
 SALT = "salt-1"
 EXPERIMENT = "exp-1"
@@ -45,30 +45,7 @@ share = {share}
 sticky_by = "{sticky_by}"
 salt = "{salt}"
 
-[[backends]]
-name = "up"
-kind = "openai"
-base_url = "{base_url}"
-retries = 0
-
-[[models]]
-name = "euclid-asm"
-oracle = "oracle-din"
-backend = "up"
-upstream_model = "echo"
-
-[[models]]
-name = "master-sword"
-oracle = "system"
-backend = "up"
-upstream_model = "parrot"
-
-[[models]]
-name = "refuser"
-oracle = "oracle-din"
-backend = "up"
-upstream_model = "status-400"
-
+{loopback_models(base_url)}
 [[models]]
 name = "cut-off"
 oracle = "oracle-din"

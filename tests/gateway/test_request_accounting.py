@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gateway.ab import assign
-from tests.serving import serve
+from tests.serving import loopback_models, serve
 
 SALT = "salt-acct"
 
@@ -36,30 +36,7 @@ busy_timeout = 0.05
 
 {ab}
 
-[[backends]]
-name = "up"
-kind = "openai"
-base_url = "{base_url}"
-retries = 0
-
-[[models]]
-name = "euclid-asm"
-oracle = "oracle-din"
-backend = "up"
-upstream_model = "echo"
-
-[[models]]
-name = "master-sword"
-oracle = "system"
-backend = "up"
-upstream_model = "{master_sword}"
-
-[[models]]
-name = "refuser"
-oracle = "oracle-din"
-backend = "up"
-upstream_model = "status-400"
-{extra}
+{loopback_models(base_url, master_sword=master_sword)}{extra}
 """
 
 
