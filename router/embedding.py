@@ -37,7 +37,7 @@ from typing import Any
 
 from router.base import Classifier, Scores
 from router.errors import ClassifierUnavailable
-from router.taxonomy import ORACLE_NAMES
+from router.taxonomy import ORACLE_NAMES, ROUTE_LABELS
 
 log = logging.getLogger("oracle_council.router")
 
@@ -97,8 +97,6 @@ class NearestLabels:
 
     def __init__(self, vectors: Any, labels: Sequence[str], k: int) -> None:
         import numpy as np
-
-        from router.taxonomy import ROUTE_LABELS
 
         if k < 1:
             raise ValueError("k must be at least 1")
