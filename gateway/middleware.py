@@ -84,14 +84,12 @@ class GatewayMiddleware:
             if self.keys and path not in OPEN_PATHS and not self._authorized(auth):
                 err: GatewayError = AuthenticationError("missing or invalid API key: send 'Authorization: Bearer "
                                                         "<key>' with a key from [server].api_keys")
-                if tracked is not None:
-                    tracked.error = err
+                accounting.note_error(scope, err)
                 await self._reject(path, err, send_with_id, extra=[(b"www-authenticate", b"Bearer")])
                 return
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 err = self._too_large()
-                if tracked is not None:
-                    tracked.error = err
+                accounting.note_error(scope, err)
                 await self._reject(path, err, send_with_id)
                 return
 
