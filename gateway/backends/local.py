@@ -8,20 +8,23 @@ Options (``[backends.options]``):
     dtype           "auto" (bfloat16 on cuda, float32 on cpu), "float32", "bfloat16", "float16"
     max_new_tokens  completion length when a request sets neither max_tokens nor
                     max_completion_tokens; default 256
+    max_batch_size  how many requests are decoded together; default 16 (1 serves them one at a
+                    time, in arrival order)
 
 ``upstream_model = "base"`` runs the base model with every adapter disabled. Relative paths are
 relative to the config file; ``demo:`` refs are built on first use by ``training.demo``.
 
-Concurrency. Loading and every ``generate`` call run on one dedicated worker thread, and the
-worker holds ``_generate_lock`` from choosing the adapter (``set_adapter`` / ``disable_adapter``)
-until ``generate`` returns, so a request can never run under another request's adapter: requests
-are served one at a time, in arrival order, whatever their adapter. (Batching requests for mixed
-adapters is a later step.) Tokens reach the event loop through ``loop.call_soon_threadsafe`` into
-an ``asyncio.Queue``; the event loop never waits on the model.
+Concurrency. Requests are batched continuously (``gateway/backends/batching.py``): one engine
+thread decodes every running request together, one forward pass per token, each row under its
+own adapter, and a request that arrives mid-way joins the batch at the next token instead of
+waiting for the others to finish. A request can never run under another request's adapter: the
+adapter is chosen per row inside every LoRA layer, not switched on the model. A lone request
+computes exactly what peft computes. Tokens reach the event loop through
+``loop.call_soon_threadsafe`` into an ``asyncio.Queue``; the event loop never waits on the model.
 
 Cancellation. A client that goes away closes the stream (or cancels ``chat``); that sets the
-request's cancel flag, which a ``StoppingCriteria`` checks after every token, so the worker moves
-on to the next request within one decoding step. A request cancelled while queued never starts.
+request's cancel flag, which the engine checks after every token, so its row leaves the batch
+within one decoding step. A request cancelled while waiting for a place in the batch never starts.
 
 Sampling follows the OpenAI API: ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``,
 ``max_tokens`` / ``max_completion_tokens``, plus vLLM's ``top_k``, ``repetition_penalty``,
@@ -54,7 +57,7 @@ from gateway.errors import (ConfigError, GatewayError, InvalidRequest, UpstreamE
 logger = logging.getLogger(__name__)
 
 BASE = "base"  # the upstream_model name that means "no adapter"
-OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens")
+OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens", "max_batch_size")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Sampling knobs a request may leave out: the model's generation_config fills them, else these.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
@@ -104,12 +107,16 @@ class LocalBackend(Backend):
         max_new = opts.get("max_new_tokens", 256)
         if not isinstance(max_new, int) or max_new < 1:
             raise ConfigError(f"{where}: 'max_new_tokens' must be a positive integer")
+        max_batch = opts.get("max_batch_size", 16)
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ConfigError(f"{where}: 'max_batch_size' must be a positive integer")
 
         self.base_ref: str = opts["base_model"]
         self.adapter_refs: dict[str, str] = dict(adapters)
         self.device_option: str = device
         self.dtype_option: str = dtype
         self.max_new_tokens: int = max_new
+        self.max_batch_size: int = max_batch
 
         self._model: Any = None
         self._tokenizer: Any = None
@@ -117,25 +124,30 @@ class LocalBackend(Backend):
         self._context: int = 0  # the model's max positions: prompt + completion must fit
         self._eos: set[int] = set()
         self._pad: int = 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{spec.name}")
-        self._generate_lock = threading.Lock()  # held across adapter choice + generate
-        self._jobs: set[_Job] = set()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{spec.name}")  # loading
+        self._engine: Any = None  # batching.Engine, once loaded
+        self._adapter_index: dict[str, int] = {}
+        self._jobs: dict[_Job, Callable[[BaseException], None]] = {}  # running or waiting -> fail it
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model on the worker thread (a no-op once loaded; the worker serialises calls)."""
+        """Load the model on the loading thread (a no-op once loaded; that thread serialises calls)."""
         await asyncio.get_running_loop().run_in_executor(self._worker, self._load)
 
     async def aclose(self) -> None:
-        """Cancel every request, stop the worker and drop the model (freed once the worker is
+        """Cancel every request, stop the engine and drop the model (freed once the engine is
         done with it). The backend cannot serve afterwards."""
         self._closed = True
-        for job in list(self._jobs):
+        gone = UpstreamUnavailable(f"backend {self.name!r} is shutting down", backend=self.name)
+        for job, fail in list(self._jobs.items()):
             job.cancelled.set()
+            fail(gone)
+        if self._engine is not None:
+            self._engine.close()
         self._worker.shutdown(wait=False, cancel_futures=True)
-        self._model = self._tokenizer = None
+        self._model = self._tokenizer = self._engine = None
 
     async def health(self) -> Health:
         if self._model is None:
@@ -183,6 +195,14 @@ class LocalBackend(Backend):
         except (OSError, ValueError) as exc:
             raise UpstreamUnavailable(f"backend {self.name!r} could not load {self.base_ref!r} "
                                       f"with adapters {sorted(self.adapter_refs)}: {exc}", backend=self.name) from exc
+        rows = None
+        if self.adapter_refs:
+            from gateway.backends.batching import UnsupportedAdapter, install_multi_lora
+
+            try:
+                model, rows = install_multi_lora(model, list(self.adapter_refs))
+            except UnsupportedAdapter as exc:
+                raise UpstreamUnavailable(f"backend {self.name!r}: {exc}", backend=self.name) from exc
         model.eval()
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -190,7 +210,13 @@ class LocalBackend(Backend):
         self._eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         self._tokenizer, self._device, self._context = tokenizer, device, context
+        self._adapter_index = {BASE: 0, **{name: k + 1 for k, name in enumerate(self.adapter_refs)}}
         self._model = model
+
+        from gateway.backends.batching import Engine
+
+        self._engine = Engine(model, rows, device=device, eos=self._eos, pad=self._pad, context=context,
+                              max_batch=self.max_batch_size, name=self.name)
 
     # -- the OpenAI surface -------------------------------------------------------------------
 
@@ -286,7 +312,7 @@ class LocalBackend(Backend):
                     seed=seed)
 
     async def _events(self, job: _Job) -> AsyncIterator[Event]:
-        """Run ``job`` on the worker and yield its events; closing this generator cancels the job."""
+        """Run ``job`` in the engine and yield its events; closing this generator cancels the job."""
         if self._closed:
             raise UpstreamUnavailable(f"backend {self.name!r} is shut down", backend=self.name)
         if self._model is None:
@@ -294,19 +320,17 @@ class LocalBackend(Backend):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
-        def emit(event: Event) -> None:  # called on the worker thread
+        def emit(event: Event) -> None:  # called on the engine thread
             if not job.cancelled.is_set() and not loop.is_closed():
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                with contextlib.suppress(RuntimeError):  # the loop closed in between
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        def finished(future: asyncio.Future) -> None:  # on the loop, after every event emitted
-            if future.cancelled():
-                queue.put_nowait(("error", UpstreamUnavailable(f"backend {self.name!r} is shutting down",
-                                                               backend=self.name)))
-            elif future.exception() is not None:
-                queue.put_nowait(("error", _as_gateway_error(future.exception(), self.name)))
+        def fail(exc: BaseException) -> None:  # from aclose(), on any thread
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        self._jobs.add(job)
-        loop.run_in_executor(self._worker, self._run, job, emit).add_done_callback(finished)
+        self._jobs[job] = fail
+        self._engine.submit(self._sequence(job, emit))
         try:
             while True:
                 event = await queue.get()
@@ -317,99 +341,66 @@ class LocalBackend(Backend):
                     return
         finally:
             job.cancelled.set()
-            self._jobs.discard(job)
+            self._jobs.pop(job, None)
 
-    # -- the worker thread --------------------------------------------------------------------
+    def _sequence(self, job: _Job, emit: Callable[[Event], None]) -> Any:
+        """The engine's view of a job; its callbacks run on the engine thread."""
+        from gateway.backends.batching import Sequence
 
-    def _run(self, job: _Job, emit: Callable[[Event], None]) -> None:
-        """Generate one reply, emitting events; runs on the worker thread only. The lock spans
-        the adapter choice and ``generate``: no other request can switch adapters in between."""
-        with self._generate_lock:
-            if not job.cancelled.is_set():
-                self._generate(job, emit)
+        tokenizer, context = self._tokenizer, self._context
 
-    def _generate(self, job: _Job, emit: Callable[[Event], None]) -> None:
-        import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        def tokenize() -> list[int]:
+            if job.messages is not None:
+                text = tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                ids = tokenizer(job.prompt)["input_ids"]
+            if not ids or len(ids) >= context:
+                raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model takes at most "
+                                     f"{context - 1} plus the completion",
+                                     param="messages" if job.messages is not None else "prompt")
+            return ids
 
-        model, tokenizer = self._model, self._tokenizer
-        if job.messages is not None:
-            text = tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(job.prompt)["input_ids"]
-        room = self._context - len(ids)
-        if room < 1 or not ids:
-            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model takes at most "
-                                 f"{self._context - 1} plus the completion",
-                                 param="messages" if job.messages is not None else "prompt")
-        emit(("start", len(ids)))
+        text = _TextStream(tokenizer, job.stop, emit)
 
-        # do_sample and the knobs are given explicitly: generate() would otherwise fill unset ones
-        # from the model's generation_config, then from its own defaults (top_k=50). Greedy
-        # decoding leaves the sampling knobs out, so generate() has nothing to warn about.
-        knobs = {key: job.sampling.get(key, getattr(model.generation_config, key, None) or neutral)
-                 for key, neutral in NEUTRAL.items()}
-        sample = knobs["temperature"] > 0  # temperature 0 means greedy decoding
-        gen = GenerationConfig(max_new_tokens=min(job.max_new_tokens, room),
-                               min_new_tokens=min(job.min_new_tokens, room),
-                               eos_token_id=sorted(self._eos), pad_token_id=self._pad, do_sample=sample,
-                               **(knobs if sample else {"repetition_penalty": knobs["repetition_penalty"]}))
+        def end(finish: str, completion_tokens: int) -> None:
+            text.end()
+            emit(("end", finish, completion_tokens))
 
-        streamer = _Streamer(tokenizer, job.stop, emit, job.cancelled)
-        if job.seed is not None:
-            torch.manual_seed(job.seed)
-        input_ids = torch.tensor([ids], device=self._device)
-        with torch.inference_mode(), self._adapter(job.adapter):
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                 generation_config=gen, streamer=streamer,
-                                 stopping_criteria=StoppingCriteriaList([streamer]))
-        generated = out[0, len(ids):].tolist()
-        ended = streamer.stopped or (generated and generated[-1] in self._eos)
-        emit(("end", "stop" if ended else "length", len(generated)))
-
-    def _adapter(self, name: str) -> contextlib.AbstractContextManager:
-        """Select the adapter for the next generate; caller holds ``_generate_lock``."""
-        if not self.adapter_refs:  # a plain transformers model
-            return contextlib.nullcontext()
-        if name == BASE:
-            return self._model.disable_adapter()
-        self._model.set_adapter(name)
-        return contextlib.nullcontext()
+        # A knob the request leaves out takes the model's generation_config value, else the neutral
+        # one; temperature 0 means greedy decoding.
+        defaults = self._model.generation_config
+        knobs = {key: job.sampling.get(key, getattr(defaults, key, None) or neutral) for key, neutral in NEUTRAL.items()}
+        return Sequence(adapter=self._adapter_index[job.adapter], tokenize=tokenize, max_new=job.max_new_tokens,
+                        min_new=job.min_new_tokens, temperature=float(knobs["temperature"]),
+                        top_p=float(knobs["top_p"]), top_k=int(knobs["top_k"]),
+                        repetition_penalty=float(knobs["repetition_penalty"]), seed=job.seed,
+                        cancelled=job.cancelled, on_start=lambda n: emit(("start", n)), on_token=text.push,
+                        on_end=end, on_error=lambda exc: emit(("error", _as_gateway_error(exc, self.name))))
 
 
-class _Streamer:
-    """Both ``generate``'s streamer and its stopping criterion, on the worker thread.
+class _TextStream:
+    """Turns one request's tokens into text events, on the engine thread.
 
-    As a streamer (``put``/``end``) it decodes the new tokens and emits text, held back while it
-    could still be the start of a stop string or ends in an unfinished UTF-8 character; on a stop
-    string it emits the text before it and sets ``stopped``. As a stopping criterion
-    (``__call__``, checked after every token) it ends generation once ``stopped`` or cancelled.
-    """
+    ``push`` decodes the new token and emits text, held back while it could still be the start
+    of a stop string or ends in an unfinished UTF-8 character; on a stop string it emits the text
+    before it and returns True (the request is done). ``end`` emits what was held back."""
 
-    def __init__(self, tokenizer: Any, stop: list[str], emit: Callable[[Event], None],
-                 cancelled: threading.Event) -> None:
-        self.tokenizer, self.stop, self.emit, self.cancelled = tokenizer, stop, emit, cancelled
+    def __init__(self, tokenizer: Any, stop: list[str], emit: Callable[[Event], None]) -> None:
+        self.tokenizer, self.stop, self.emit = tokenizer, stop, emit
         self.ids: list[int] = []
         self.sent = 0  # characters of the decoded text already emitted
-        self.prompt_seen = False
         self.stopped = False
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
+    def push(self, token: int) -> bool:
         if not self.stopped:
-            self.ids.extend(value.reshape(-1).tolist())
+            self.ids.append(token)
             self._advance(final=False)
+        return self.stopped
 
     def end(self) -> None:
         if not self.stopped:
             self._advance(final=True)
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        halt = self.stopped or self.cancelled.is_set()
-        return input_ids.new_full((input_ids.shape[0],), int(halt)).bool()
 
     def _advance(self, final: bool) -> None:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)

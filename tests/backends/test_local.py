@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gateway.backends import create_backend
-from gateway.backends.local import LocalBackend, _Streamer
+from gateway.backends.local import LocalBackend, _TextStream
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.errors import ConfigError, InvalidRequest, UpstreamStatusError
 from tests import tiny_lm
@@ -69,16 +69,16 @@ async def streamed(backend: LocalBackend, model: str, prompt: str, **extra: Any)
 
 @pytest.fixture
 def generated_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts every token any generation produces (a spy on the streamer)."""
+    """Counts every token any generation produces, end-of-sequence tokens aside (a spy on the
+    text stream)."""
     seen = [0]
-    put = _Streamer.put
+    push = _TextStream.push
 
-    def counting_put(self: _Streamer, value: Any) -> None:
-        if self.prompt_seen:
-            seen[0] += value.numel()
-        put(self, value)
+    def counting_push(self: _TextStream, token: int) -> bool:
+        seen[0] += 1
+        return push(self, token)
 
-    monkeypatch.setattr(_Streamer, "put", counting_put)
+    monkeypatch.setattr(_TextStream, "push", counting_push)
     return seen
 
 
@@ -138,8 +138,13 @@ async def test_interleaved_requests_never_use_the_wrong_adapter(backend: LocalBa
 
     order = ["asm", "gfx"] * 4 + ["base", "asm", "gfx", "base"]
     jobs = [slow_reader(m) for m in order[:8]] + [whole(m) for m in order[8:]]
+    before = backend._engine.steps
     results = await asyncio.gather(*jobs)
     assert results == [alone[m] for m in order]
+    # ... and they were decoded together, three adapters to a batch: 12 requests x 40 tokens in
+    # far fewer than 480 steps
+    assert backend._engine.peak_batch >= 8
+    assert backend._engine.steps - before < 12 * 40 / 4
 
 
 async def test_max_tokens_gives_length(backend: LocalBackend) -> None:
@@ -218,18 +223,23 @@ async def test_cancelling_a_request_stops_generation(backend: LocalBackend, gene
     assert generated_tokens[0] < 100
 
 
-async def test_a_request_cancelled_while_queued_never_runs(backend: LocalBackend,
+async def test_a_request_cancelled_while_queued_never_runs(artifacts: dict[str, Path],
                                                            generated_tokens: list[int]) -> None:
-    first = asyncio.create_task(reply(backend, "base", GFX_PROMPT, max_tokens=200, ignore_eos=True))
-    while generated_tokens[0] == 0:  # the first request holds the worker
-        await asyncio.sleep(0.005)
-    queued = asyncio.create_task(reply(backend, "base", GFX_PROMPT, max_tokens=500, ignore_eos=True))
-    while len(backend._jobs) < 2:  # ... and the second waits behind it
-        await asyncio.sleep(0.005)
-    queued.cancel()
-    await first
-    await reply(backend, "asm", ASM_PROMPT, max_tokens=4, ignore_eos=True)
-    assert generated_tokens[0] == 200 + 4
+    backend = make_backend(artifacts, max_batch_size=1)  # one at a time: the second request waits
+    try:
+        first = asyncio.create_task(reply(backend, "base", GFX_PROMPT, max_tokens=200, ignore_eos=True))
+        while generated_tokens[0] == 0:  # the first request holds the only place in the batch
+            await asyncio.sleep(0.005)
+        queued = asyncio.create_task(reply(backend, "base", GFX_PROMPT, max_tokens=500, ignore_eos=True))
+        while len(backend._jobs) < 2:  # ... and the second waits behind it
+            await asyncio.sleep(0.005)
+        queued.cancel()
+        await first
+        await reply(backend, "asm", ASM_PROMPT, max_tokens=4, ignore_eos=True)
+        assert generated_tokens[0] == 200 + 4
+        assert backend._engine.peak_batch == 1
+    finally:
+        await backend.aclose()
 
 
 # -- errors, health, configuration ------------------------------------------------------------
@@ -281,6 +291,8 @@ async def test_base_only_backend(artifacts: dict[str, Path]) -> None:
     ({"base_model": "x", "device": "tpu"}, "device"),
     ({"base_model": "x", "dtype": "int3"}, "dtype"),
     ({"base_model": "x", "max_new_tokens": 0}, "max_new_tokens"),
+    ({"base_model": "x", "max_batch_size": 0}, "max_batch_size"),
+    ({"base_model": "x", "max_batch_size": True}, "max_batch_size"),
 ])
 def test_options_are_validated(options: dict, message: str) -> None:
     spec = BackendSpec(name="local", kind="local", options=options)

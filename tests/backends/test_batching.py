@@ -1,0 +1,171 @@
+"""Continuous batching in the in-process backend (gateway/backends/batching.py).
+
+The judges are transformers and peft themselves: a lone request must compute exactly what peft
+computes, rows under different adapters must each match that adapter alone, and greedy decoding
+with a repetition penalty and min_tokens must give what ``generate`` gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gateway.backends.batching import UnsupportedAdapter, install_multi_lora
+from gateway.backends.local import LocalBackend
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from tests import tiny_lm
+from tests.backends.test_local import (ASM_PROMPT, GFX_PROMPT, artifacts, backend, chat_body,  # noqa: F401
+                                       generated_tokens, make_backend, reply)
+
+
+def load_peft(artifacts: dict[str, Path]) -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(artifacts["base"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, artifacts["asm"], adapter_name="asm")
+    model.load_adapter(artifacts["gfx"], adapter_name="gfx")
+    return model.eval()
+
+
+def prompt_ids(artifacts: dict[str, Path], prompt: str) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(artifacts["base"])
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+# -- the layers ----------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def test_one_adapter_is_peft_exactly_and_mixed_rows_match_each_adapter(artifacts: dict[str, Path]) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    ids = prompt_ids(artifacts, ASM_PROMPT)
+    peft_model = load_peft(artifacts)
+    expected = {}
+    for name in ("asm", "gfx"):
+        peft_model.set_adapter(name)
+        expected[name] = peft_model(input_ids=ids).logits
+    with peft_model.disable_adapter():
+        expected["base"] = peft_model(input_ids=ids).logits
+    assert not torch.allclose(expected["asm"], expected["gfx"])
+
+    model, rows = install_multi_lora(load_peft(artifacts), ["asm", "gfx"])
+    assert not any(isinstance(m, LoraLayer) for m in model.modules())
+    for index, name in enumerate(("base", "asm", "gfx")):
+        rows.assign([index])
+        assert torch.equal(model(input_ids=ids).logits, expected[name]), name
+    rows.assign([1, 2, 0, 2])
+    mixed = model(input_ids=ids.repeat(4, 1)).logits
+    for row, name in enumerate(("asm", "gfx", "base", "gfx")):
+        torch.testing.assert_close(mixed[row], expected[name][0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [({"use_dora": True}, "DoRA"),
+                                            ({"modules_to_save": ["lm_head"]}, "modules_to_save")])
+def test_adapters_that_cannot_be_batched_are_refused_with_the_reason(
+        artifacts: dict[str, Path], tmp_path: Path, extra: dict, message: str) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(artifacts["base"], dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], **extra)).save_pretrained(tmp_path)
+    fresh = AutoModelForCausalLM.from_pretrained(artifacts["base"], dtype=torch.float32)
+    with pytest.raises(UnsupportedAdapter, match=message):
+        install_multi_lora(PeftModel.from_pretrained(fresh, tmp_path, adapter_name="odd"), ["odd"])
+    served = make_backend(artifacts, adapters={"odd": str(tmp_path)})
+    with pytest.raises(UpstreamUnavailable, match=message):
+        asyncio.run(served.start())
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+async def test_a_request_joins_a_running_batch(backend: LocalBackend, generated_tokens: list[int]) -> None:
+    alone = await reply(backend, "base", GFX_PROMPT, max_tokens=300, ignore_eos=True)
+    long = asyncio.create_task(reply(backend, "base", GFX_PROMPT, max_tokens=300, ignore_eos=True))
+    while generated_tokens[0] < 305:  # the long request is running (300 tokens were counted above)
+        await asyncio.sleep(0.005)
+    # the short one does not wait for the long one to finish
+    assert await reply(backend, "asm", ASM_PROMPT) == tiny_lm.ASM_SAMPLES[0]["output"]
+    assert not long.done()
+    assert await long == alone
+
+
+async def test_a_seeded_sample_does_not_depend_on_its_batch(backend: LocalBackend) -> None:
+    params = {"temperature": 1.3, "top_p": 0.95, "max_tokens": 24, "ignore_eos": True}
+    alone = await reply(backend, "gfx", GFX_PROMPT, seed=11, **params)
+    crowd = await asyncio.gather(reply(backend, "asm", ASM_PROMPT),
+                                 reply(backend, "base", GFX_PROMPT, **params),
+                                 reply(backend, "gfx", GFX_PROMPT, seed=11, **params),
+                                 reply(backend, "gfx", ASM_PROMPT, seed=12, **params))
+    assert crowd[2] == alone
+    assert crowd[0] == tiny_lm.ASM_SAMPLES[0]["output"]
+
+
+async def test_top_k_one_and_a_tiny_top_p_are_greedy(backend: LocalBackend) -> None:
+    params = {"max_tokens": 20, "ignore_eos": True}
+    greedy = await reply(backend, "base", GFX_PROMPT, **params)
+    assert await reply(backend, "base", GFX_PROMPT, temperature=1.5, top_k=1, **params) == greedy
+    assert await reply(backend, "base", GFX_PROMPT, temperature=1.5, top_p=1e-6, **params) == greedy
+    sampled = {await reply(backend, "base", GFX_PROMPT, temperature=1.5, **params) for _ in range(3)}
+    assert sampled != {greedy}
+
+
+@pytest.mark.parametrize("model", ["asm", "base"])
+async def test_repetition_penalty_and_min_tokens_decode_as_transformers_generate(
+        artifacts: dict[str, Path], backend: LocalBackend, model: str) -> None:
+    from transformers import AutoTokenizer
+
+    ids = prompt_ids(artifacts, ASM_PROMPT)
+    peft_model = load_peft(artifacts)
+    tokenizer = AutoTokenizer.from_pretrained(artifacts["base"])
+    for knobs, ours in [({"repetition_penalty": 1.3}, {"repetition_penalty": 1.3}),
+                        ({"min_new_tokens": 40}, {"min_tokens": 40})]:
+        peft_model.set_adapter("asm")
+        with torch.inference_mode(), (peft_model.disable_adapter() if model == "base" else contextlib.nullcontext()):
+            out = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=48, pad_token_id=tokenizer.eos_token_id, **knobs)
+        expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert await reply(backend, model, ASM_PROMPT, max_tokens=48, **ours) == expected, knobs
+
+
+async def test_a_failed_step_fails_its_batch_and_the_engine_goes_on(backend: LocalBackend,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = backend._engine
+    decode, calls = engine._decode, []
+
+    def broken() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        decode()
+
+    monkeypatch.setattr(engine, "_decode", broken)
+    with pytest.raises(UpstreamError, match="out of memory"):
+        await reply(backend, "asm", ASM_PROMPT)
+    assert await reply(backend, "asm", ASM_PROMPT) == tiny_lm.ASM_SAMPLES[0]["output"]
+
+
+async def test_closing_the_backend_ends_running_and_waiting_requests(artifacts: dict[str, Path]) -> None:
+    closing = make_backend(artifacts, max_batch_size=1)
+    running = closing.stream_chat(chat_body(GFX_PROMPT, max_tokens=1500, ignore_eos=True), "base")
+    await running.__anext__()
+    waiting = asyncio.create_task(reply(closing, "asm", ASM_PROMPT))
+    while len(closing._jobs) < 2:
+        await asyncio.sleep(0.005)
+    await closing.aclose()
+    with pytest.raises(UpstreamUnavailable, match="shutting down"):
+        while True:
+            await running.__anext__()
+    with pytest.raises(UpstreamUnavailable, match="shutting down"):
+        await waiting
+    with pytest.raises(UpstreamUnavailable, match="shut down"):
+        await reply(closing, "asm", ASM_PROMPT)
