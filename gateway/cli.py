@@ -11,6 +11,7 @@
     oracle-council bench router [...]                            routing decision latency
     oracle-council bench soak [--seconds 60] [--rps 50]         load/soak: leaks, drift, accounting
     oracle-council bench train [...]                             LoRA training throughput vs a plain loop
+    oracle-council bench generate [...]                          mixed-adapter batches vs one adapter
     oracle-council data prepare --input PATH... --output DIR     datasets -> train/val/test splits
     oracle-council train --data DIR --base-model M --specialist S --output DIR   train a LoRA adapter
     oracle-council train --plan [...]                            estimate training memory
@@ -82,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
             "connections, every request in the access log", "eval.soak")
     _attach(bsub, "train", "LoRA training throughput, peak memory and MFU beside a plain transformers+peft loop",
             "eval.bench_train")
+    _attach(bsub, "generate", "in-process generation with LoRA adapters: one adapter versus mixed batches, "
+            "ours beside peft's", "eval.bench_generate")
 
     r = sub.add_parser("route", help="print the routing decision for a prompt (or --batch IN.jsonl)")
     from gateway.route_cli import add_arguments as add_route_arguments

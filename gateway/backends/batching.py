@@ -203,7 +203,7 @@ class Engine:
         # transformers 5.24 renamed forward's past_key_values to cache (the old name warns)
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.eos, self.pad, self.context, self.max_batch = sorted(eos), pad, context, max_batch
-        self._inbox: queue.SimpleQueue[Sequence | _Stop] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Sequence, ...] | _Stop] = queue.SimpleQueue()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cache: Any = None       # DynamicCache, [rows, heads, columns, dim] per layer
@@ -217,8 +217,9 @@ class Engine:
 
     # -- called from any thread --------------------------------------------------------------
 
-    def submit(self, seq: Sequence) -> None:
-        self._inbox.put(seq)
+    def submit(self, *seqs: Sequence) -> None:
+        """Queue sequences; several given together are admitted together (as far as room allows)."""
+        self._inbox.put(seqs)
 
     def close(self) -> None:
         self._closing = True
@@ -263,7 +264,7 @@ class Engine:
             while True:
                 if isinstance(item, _Stop) or self._closing:
                     return False
-                self._waiting.append(item)
+                self._waiting.extend(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return not self._closing
