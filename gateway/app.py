@@ -19,7 +19,7 @@ from gateway import __version__, accounting, openapi
 from gateway.ab import Experiment, Tagger
 from gateway.backends import create_backend
 from gateway.backends.base import Backend
-from gateway.config import GatewayConfig, resolve_secret
+from gateway.config import ROUTER_MODEL, GatewayConfig, resolve_secret
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.metrics import Metrics
@@ -56,7 +56,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 await b.start()
             if context is not None:
                 await context.start()  # fetches YAZE's symbols in the background
-            metrics = Metrics()
+            metrics = Metrics(known_models=[*(m.name for m in config.models), ROUTER_MODEL,
+                                            *(o.name for o in config.oracles)])
             db = config.state_db_path()
             if db is not None:
                 s = config.state

@@ -1,7 +1,9 @@
 """Prometheus metrics, one registry per app (so tests and several apps never share counters).
 
     oracle_requests_total{api,model,backend,status}        requests by outcome (backend "-": none was
-                                                           reached; model "-": none could be read)
+                                                           reached; model "-": none could be read;
+                                                           model "(unknown)": a name the registry does
+                                                           not know, so clients cannot grow the label set)
     oracle_request_errors_total{api,status,error}          requests answered with an HTTP error, by the
                                                            error's code (model_not_found ...) or type
     oracle_request_seconds{api,model}                      whole request, first byte to last
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -37,13 +40,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("oracle_council.access")
 
 _ROUTER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+UNKNOWN_MODEL = "(unknown)"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, known_models: Iterable[str] | None = None) -> None:
+        # The names a model label may take (the registry's models, the router, the oracles);
+        # None: any. A name a client sent that is not one of them is counted as UNKNOWN_MODEL.
+        self.known_models = frozenset(known_models) if known_models is not None else None
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("oracle_requests", "Requests by API, model, backend and status",
                                 ["api", "model", "backend", "status"], registry=r)
@@ -88,15 +95,25 @@ class Metrics:
         elapsed = end - start
         if record is not None and self.store is not None:
             self.store.log_request(record.row(request_id, api, model, backend, status, usage, start, end, error))
-        self.requests.labels(api, model, backend, status).inc()
-        self.request_seconds.labels(api, model).observe(elapsed)
+        label = self.model_label(model)
+        self.requests.labels(api, label, backend, status).inc()
+        self.request_seconds.labels(api, label).observe(elapsed)
         if error is not None:
             self.request_errors.labels(api, status, error).inc()
         if usage:
-            self.count_usage(model, backend, usage)
+            self.count_usage(label, backend, usage)
         if log.isEnabledFor(logging.INFO):
             log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f%s", request_id, api, model, backend, status,
                      elapsed * 1000, "" if error is None else f" error={error}")
+
+    def model_label(self, model: str) -> str:
+        """``model`` as a label value: a known name (an Ollama tag such as ``:latest`` dropped),
+        ``-``, or ``UNKNOWN_MODEL``."""
+        known = self.known_models
+        if known is None or model == "-" or model in known:
+            return model
+        base = model.partition(":")[0]
+        return base if base in known else UNKNOWN_MODEL
 
     def count_usage(self, model: str, backend: str, usage: dict | None) -> None:
         if not isinstance(usage, dict):

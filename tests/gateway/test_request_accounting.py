@@ -150,7 +150,9 @@ REFUSED = [
                          ids=[c[0] for c in REFUSED])
 def test_a_refused_request_is_one_row_and_one_count(gw, module_upstream, case, path, api, body, status, model,
                                                     error):
-    label = model or "-"
+    # the metrics name configured models only: a name a client made up is "(unknown)" there (the
+    # request log keeps it as sent)
+    label = "-" if model is None else model if model == "euclid-asm" else "(unknown)"
     counted = {"api": api, "model": label, "backend": "-", "status": f"error_{status}"}
     before = (sample(gw, "oracle_requests_total", **counted),
               sample(gw, "oracle_request_errors_total", api=api, status=f"error_{status}", error=error),
@@ -187,8 +189,8 @@ def test_refused_requests_show_in_the_scraped_metrics(gw):
         r = httpx.post(gw.url + "/api/chat", json={"model": "scraped:latest", "messages": MESSAGES})
         assert r.status_code == 404
     text = httpx.get(gw.url + "/metrics").text
-    assert ('oracle_requests_total{api="ollama_chat",backend="-",model="scraped:latest",status="error_404"} 2.0'
-            in text)
+    assert ('oracle_requests_total{api="ollama_chat",backend="-",model="(unknown)",status="error_404"}' in text)
+    assert "scraped" not in text  # a client cannot add label values
     assert 'oracle_request_errors_total{api="ollama_chat",error="model_not_found",status="error_404"}' in text
 
 
@@ -266,6 +268,21 @@ def test_without_the_request_log_refused_requests_are_still_counted(upstream, tm
         assert gw.app.state.store is None
         r = httpx.post(gw.url + "/api/generate", json={"model": "nope-off", "prompt": "x"})
         assert r.status_code == 404
-        assert sample(gw, "oracle_requests_total", api="ollama_generate", model="nope-off", backend="-",
+        assert sample(gw, "oracle_requests_total", api="ollama_generate", model="(unknown)", backend="-",
                       status="error_404") == 1
     assert not (tmp_path / "s.db").exists()
+
+
+def test_model_labels_are_configured_names_only():
+    from gateway.metrics import UNKNOWN_MODEL, Metrics
+
+    m = Metrics(known_models=["euclid-asm", "oracle-council"])
+    assert [m.model_label(x) for x in ("euclid-asm", "euclid-asm:latest", "oracle-council", "-")] == \
+        ["euclid-asm", "euclid-asm", "oracle-council", "-"]
+    assert {m.model_label(x) for x in ("nope", "nope:latest", "x" * 500, "euclid-asm2")} == {UNKNOWN_MODEL}
+    m.account("chat", "made-up", "-", "error_404", None, 0.0, "rid", None, "model_not_found")
+    m.account("chat", "euclid-asm:latest", "up", "ok", {"prompt_tokens": 3, "completion_tokens": 2}, 0.0, "rid")
+    text = m.render().decode()
+    assert "made-up" not in text and 'model="(unknown)"' in text
+    assert 'oracle_tokens_total{backend="up",kind="prompt",model="euclid-asm"} 3.0' in text
+    assert Metrics().model_label("anything") == "anything"  # no registry given: labels as sent
