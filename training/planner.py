@@ -29,7 +29,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 GIB = 1024 ** 3
 CUDA_CONTEXT = 0.75 * GIB
@@ -195,6 +195,16 @@ def estimate(p: PlanInput, gpu_memory_gib: float = 16.0) -> Plan:
     return Plan(components, total, gpu_memory_gib, total <= gpu_memory_gib * GIB, detail)
 
 
+def auto_checkpointing(p: PlanInput, gpu_memory_gib: float) -> tuple[bool, str]:
+    """What ``gradient_checkpointing = None`` (auto) becomes for this run on this card: off when
+    the run fits without it, else on (the less memory of the two, fitting or not); and why."""
+    without = estimate(replace(p, gradient_checkpointing=False), gpu_memory_gib)
+    need = f"{without.total / GIB:.1f} GiB estimated without it, {gpu_memory_gib:g} GiB on the GPU"
+    if without.fits:
+        return False, f"gradient checkpointing off (auto: {need})"
+    return True, f"gradient checkpointing on (auto: {need})"
+
+
 def format_plan(plan: Plan) -> str:
     d = plan.detail
     inp = d["input"]
@@ -230,15 +240,18 @@ def run_plan(args: argparse.Namespace, config) -> int:
         print(f"oracle-council train --plan: {exc}", file=sys.stderr)
         return 2
     bits = int(args.optimizer_bits) if args.optimizer_bits else (8 if config.optimizer == "adamw8bit" else 32)
+    auto_note = None
     try:
-        plan = estimate(PlanInput(shape=shape, rank=config.rank, target_modules=config.target_modules,
-                                  batch_size=config.batch_size, seq_len=config.max_seq_len,
-                                  load_in_4bit=config.load_in_4bit, optimizer_bits=bits,
-                                  gradient_checkpointing=config.gradient_checkpointing,
-                                  loss_chunk_tokens=config.loss_chunk_tokens, dropout=config.dropout > 0,
-                                  loop=args.plan_loop, padded=args.plan_loop == "plain",
-                                  num_gpus=args.num_gpus),
-                        args.gpu_memory)
+        p = PlanInput(shape=shape, rank=config.rank, target_modules=config.target_modules,
+                      batch_size=config.batch_size, seq_len=config.max_seq_len,
+                      load_in_4bit=config.load_in_4bit, optimizer_bits=bits,
+                      gradient_checkpointing=bool(config.gradient_checkpointing),
+                      loss_chunk_tokens=config.loss_chunk_tokens, dropout=config.dropout > 0,
+                      loop=args.plan_loop, padded=args.plan_loop == "plain", num_gpus=args.num_gpus)
+        if config.gradient_checkpointing is None:  # what `train` would choose on this card
+            checkpointing, auto_note = auto_checkpointing(p, args.gpu_memory)
+            p = replace(p, gradient_checkpointing=checkpointing)
+        plan = estimate(p, args.gpu_memory)
     except ValueError as exc:
         print(f"oracle-council train --plan: {exc}", file=sys.stderr)
         return 2
@@ -246,7 +259,10 @@ def run_plan(args: argparse.Namespace, config) -> int:
         print(json.dumps({"components_gib": {k: round(v / GIB, 3) for k, v in plan.components.items()},
                           "total_gib": round(plan.total / GIB, 3),
                           "allocated_gib": round(plan.detail["allocated_bytes"] / GIB, 3), "gpu_memory_gib": plan.gpu_memory_gib,
-                          "fits": plan.fits, **plan.detail}, indent=2))
+                          "fits": plan.fits, "gradient_checkpointing_auto": auto_note, **plan.detail}, indent=2))
     else:
         print(format_plan(plan))
+        if auto_note:
+            print(f"train would run with {auto_note}; --gradient-checkpointing / --no-gradient-checkpointing "
+                  "decide it yourself")
     return 0 if plan.fits else 1

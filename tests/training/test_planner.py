@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from gateway.cli import main
-from training.planner import GIB, QWEN25, PlanInput, Shape, estimate, parse_params, shape_for_params
+from training.planner import (GIB, QWEN25, PlanInput, Shape, auto_checkpointing, estimate, parse_params,
+                              shape_for_params)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 BASE = PlanInput(shape=QWEN25[1.5], batch_size=4, seq_len=1024)
@@ -33,13 +34,32 @@ def test_cli_prints_a_table_and_a_verdict(capsys: pytest.CaptureFixture) -> None
                 "CUDA context + overhead", "total (per GPU)"):
         assert row in out
     assert "FITS a 16 GiB GPU" in out and "Qwen2.5-1.5B" in out
-    assert main(["train", "--plan", "--params", "1.5B", "--batch-size", "16", "--max-seq-len", "2048"]) == 1
+    assert main(["train", "--plan", "--params", "1.5B", "--batch-size", "16", "--max-seq-len", "2048",
+                 "--no-gradient-checkpointing"]) == 1
     out = capsys.readouterr().out
-    assert "DOES NOT FIT a 16 GiB GPU" in out and "--gradient-checkpointing" in out
+    assert "DOES NOT FIT a 16 GiB GPU" in out and "--gradient-checkpointing" in out and "auto" not in out
     assert main(["train", "--plan", "--params", "1.5B", "--batch-size", "8", "--max-seq-len", "2048",
                  "--gpu-memory", "80", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["fits"] and data["gpu_memory_gib"] == 80 and data["total_gib"] > 16
+
+
+def test_auto_checkpointing_turns_on_only_when_the_run_needs_it(capsys: pytest.CaptureFixture) -> None:
+    # the users' recipe (batch 4 x 2048) needs it on a 16 GiB card, not on an 80 GiB one
+    on, why = auto_checkpointing(PlanInput(shape=QWEN25[1.5]), 16)
+    assert on and "on (auto" in why and "16 GiB on the GPU" in why
+    off, why = auto_checkpointing(PlanInput(shape=QWEN25[1.5]), 80)
+    assert not off and "off (auto" in why
+    assert not estimate(PlanInput(shape=QWEN25[1.5]), 16).fits
+    assert estimate(PlanInput(shape=QWEN25[1.5], gradient_checkpointing=True), 16).fits
+    # the CLI's default is auto: it plans what `train` would run and says so
+    assert main(["train", "--plan", "--params", "1.5B"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient checkpointing on;" in out and "FITS a 16 GiB GPU" in out
+    assert "train would run with gradient checkpointing on (auto" in out
+    assert main(["train", "--plan", "--params", "1.5B", "--gpu-memory", "80", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["input"]["gradient_checkpointing"] is False and "off (auto" in data["gradient_checkpointing_auto"]
 
 
 def test_reads_the_shape_from_a_model_folder(tiny_base: Path, capsys: pytest.CaptureFixture) -> None:

@@ -19,7 +19,7 @@ ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
 
 # Fields that may differ between a run and the run it resumes (they do not change the maths).
 RESUMABLE_CHANGES = frozenset({"save_steps", "save_total_limit", "eval_steps", "log_steps", "quiet",
-                               "compile", "loss_chunk_tokens"})
+                               "compile", "loss_chunk_tokens", "gradient_checkpointing"})
 
 
 @dataclass
@@ -56,7 +56,9 @@ class TrainConfig:
     device: str = "auto"                 # "auto" (cuda if available), "cpu" or "cuda"
     precision: str = "auto"              # "auto" (bf16 on cuda, fp32 on cpu), "bf16" or "fp32"
     load_in_4bit: bool = False           # NF4 base weights (QLoRA; bitsandbytes, CUDA only)
-    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% slower
+    gradient_checkpointing: bool | None = None  # recompute layer activations in backward: less memory,
+                                         # ~30% slower; None: on when the planner says the run needs it
+                                         # on this GPU (never on CPU)
     attn_implementation: str = "auto"    # "auto": flash_attention_2 if installed on cuda, else sdpa
     compile: bool = False                # torch.compile the decoder layers (CUDA)
     loss_chunk_tokens: int = 512         # logits are made and freed this many tokens at a time
@@ -92,6 +94,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.attn_implementation in ATTENTION, f"attn_implementation must be one of {', '.join(ATTENTION)}"),
             (self.loss_chunk_tokens >= 16, "loss_chunk_tokens must be >= 16"),
+            (self.gradient_checkpointing in (None, True, False), "gradient_checkpointing must be true, false or null"),
         ]
         problems = [msg for ok, msg in checks if not ok]
         if problems:

@@ -20,6 +20,8 @@ resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -126,6 +128,10 @@ def train(data: str | Path, base_model: str, specialist: str, output: str | Path
     fsdp = acc.distributed_type == DistributedType.FSDP
     say = _reporter(main and not cfg.quiet)
     set_seed(cfg.seed)
+    if cfg.gradient_checkpointing is None:
+        checkpointing, why = _auto_checkpointing(cfg, base_model, acc, fsdp)
+        cfg = dataclasses.replace(cfg, gradient_checkpointing=checkpointing)
+        say(why)
 
     # 2. the data: select the specialist's records, lay them out, label only the replies.
     dataset = load_dataset(data, specialist, all_specialists=all_specialists, val_path=val_path)
@@ -290,6 +296,26 @@ def train(data: str | Path, base_model: str, specialist: str, output: str | Path
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _auto_checkpointing(cfg: TrainConfig, base_model: str, acc, fsdp: bool) -> tuple[bool, str]:
+    """``gradient_checkpointing = None``: ask the planner whether this run fits this GPU without it."""
+    import torch
+
+    if acc.device.type != "cuda":
+        return False, "gradient checkpointing off (auto: not on a GPU)"
+    from training.planner import GIB, PlanInput, auto_checkpointing, shape_from_config
+
+    try:
+        shape = shape_from_config(base_model)
+    except (OSError, ValueError, KeyError) as exc:
+        return False, f"gradient checkpointing off (auto: the planner cannot read {base_model}'s shape: {exc})"
+    memory = torch.cuda.get_device_properties(acc.device).total_memory / GIB
+    plan = PlanInput(shape=shape, rank=cfg.rank, target_modules=cfg.target_modules, batch_size=cfg.batch_size,
+                     seq_len=cfg.max_seq_len, load_in_4bit=cfg.load_in_4bit,
+                     optimizer_bits=8 if cfg.optimizer == "adamw8bit" else 32, loss_chunk_tokens=cfg.loss_chunk_tokens,
+                     dropout=cfg.dropout > 0, num_gpus=acc.num_processes if fsdp else 1)
+    return auto_checkpointing(plan, memory)
 
 
 def _pick_attention(cfg: TrainConfig, on_cuda: bool) -> str:
