@@ -58,6 +58,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 await context.start()  # fetches YAZE's symbols in the background
             metrics = Metrics(known_models=[*(m.name for m in config.models), ROUTER_MODEL,
                                             *(o.name for o in config.oracles)])
+            for b in backends.values():
+                metrics.watch_backend(b)
             db = config.state_db_path()
             if db is not None:
                 s = config.state

@@ -14,6 +14,8 @@
     oracle_fallbacks_total{from_model,to_model}            a request served by a fallback
     oracle_circuit_open{backend,upstream_model}            1 while a circuit is open
     oracle_in_flight                                       requests being served
+    oracle_backend_requests{backend,state}                 in-process backends: requests in the batch
+                                                           (running) and waiting for a place in it
     oracle_router_decisions_total{router,specialist}       routing decisions (router = embedding, gemini, cache, fallback ...)
     oracle_router_classifier_total{classifier,outcome}     classifier calls: outcome = ok or the error's class
     oracle_router_seconds{router}                          time to decide (classification, cache lookup)
@@ -35,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
+    from gateway.backends.base import Backend
     from gateway.store import RequestRecord, RequestStore
 
 log = logging.getLogger("oracle_council.access")
@@ -70,6 +73,8 @@ class Metrics:
         self.circuit_open = Gauge("oracle_circuit_open", "1 while the deployment's circuit is open",
                                   ["backend", "upstream_model"], registry=r)
         self.in_flight = Gauge("oracle_in_flight", "Requests being served", registry=r)
+        self.backend_requests = Gauge("oracle_backend_requests", "Requests an in-process backend holds, by state",
+                                      ["backend", "state"], registry=r)
         self.router_decisions = Counter("oracle_router_decisions", "Routing decisions by router and specialist label",
                                         ["router", "specialist"], registry=r)
         self.router_classifier = Counter("oracle_router_classifier", "Classifier calls by outcome",
@@ -105,6 +110,11 @@ class Metrics:
         if log.isEnabledFor(logging.INFO):
             log.info("%s api=%s model=%s backend=%s status=%s ms=%.1f%s", request_id, api, model, backend, status,
                      elapsed * 1000, "" if error is None else f" error={error}")
+
+    def watch_backend(self, backend: Backend) -> None:
+        """Publish the backend's load gauges (read at each scrape)."""
+        for state, read in backend.load_gauges().items():
+            self.backend_requests.labels(backend.name, state).set_function(read)
 
     def model_label(self, model: str) -> str:
         """``model`` as a label value: a known name (an Ollama tag such as ``:latest`` dropped),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +54,11 @@ class Backend(ABC):
 
     async def aclose(self) -> None:
         """Release connections, threads and memory."""
+
+    def load_gauges(self) -> dict[str, Callable[[], float]]:
+        """Request counts by state that ``/metrics`` reads at each scrape, as
+        ``oracle_backend_requests{backend,state}`` (the in-process backend: running, waiting)."""
+        return {}
 
     @abstractmethod
     async def health(self) -> Health: ...

@@ -225,10 +225,10 @@ class Engine:
         self._closing = True
         self._inbox.put(_Stop())
 
-    @property
-    def load(self) -> int:
-        """Sequences running plus waiting (approximate: read without a lock)."""
-        return len(self._running) + len(self._waiting)
+    def counts(self) -> dict[str, int]:
+        """Sequences in the batch, and waiting for a place in it (read without a lock: a scrape's
+        snapshot, off by one at most while the engine moves a sequence)."""
+        return {"running": len(self._running), "waiting": len(self._waiting) + self._inbox.qsize()}
 
     # -- the engine thread -------------------------------------------------------------------
 

@@ -149,6 +149,11 @@ class LocalBackend(Backend):
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._model = self._tokenizer = self._engine = None
 
+    def load_gauges(self) -> dict[str, Callable[[], float]]:
+        def count(state: str) -> Callable[[], float]:
+            return lambda: self._engine.counts()[state] if self._engine is not None else 0
+        return {"running": count("running"), "waiting": count("waiting")}
+
     async def health(self) -> Health:
         if self._model is None:
             return Health(False, "not loaded yet: start() loads the base model and adapters")

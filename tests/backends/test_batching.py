@@ -169,3 +169,28 @@ async def test_closing_the_backend_ends_running_and_waiting_requests(artifacts: 
         await waiting
     with pytest.raises(UpstreamUnavailable, match="shut down"):
         await reply(closing, "asm", ASM_PROMPT)
+
+
+async def test_running_and_waiting_requests_are_published_as_gauges(artifacts: dict[str, Path],
+                                                                    generated_tokens: list[int]) -> None:
+    from gateway.metrics import Metrics
+
+    one = make_backend(artifacts, max_batch_size=1)
+    metrics = Metrics()
+    metrics.watch_backend(one)
+    gauges = one.load_gauges()
+    try:
+        assert {state: read() for state, read in gauges.items()} == {"running": 0, "waiting": 0}
+        first = asyncio.create_task(reply(one, "base", GFX_PROMPT, max_tokens=300, ignore_eos=True))
+        while generated_tokens[0] == 0:
+            await asyncio.sleep(0.005)
+        second = asyncio.create_task(reply(one, "asm", ASM_PROMPT))
+        while gauges["waiting"]() == 0:
+            await asyncio.sleep(0.005)
+        text = metrics.render().decode()
+        assert 'oracle_backend_requests{backend="local",state="running"} 1.0' in text
+        assert 'oracle_backend_requests{backend="local",state="waiting"} 1.0' in text
+        await asyncio.gather(first, second)
+        assert {state: read() for state, read in gauges.items()} == {"running": 0, "waiting": 0}
+    finally:
+        await one.aclose()
