@@ -138,7 +138,9 @@ def _add_ops_routes(app: FastAPI) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
-        """Ready when the default model has a healthy deployment; every backend's state is listed."""
+        """Ready when the default model has a healthy deployment; every backend's state is listed,
+        and the router's (its embedding classifier may still be loading: requests for
+        ``oracle-council`` then wait for it, while every model named directly is served)."""
         backends: dict[str, Backend] = request.app.state.backends
 
         async def probe(b: Backend) -> dict:
@@ -153,7 +155,8 @@ def _add_ops_routes(app: FastAPI) -> None:
         default = config.default_model_name()
         spec = config.model(default) if default else None
         ready = bool(spec) and any(results.get(d.backend, {}).get("ok") for d in spec.all_deployments())
-        body = {"status": "ready" if ready else "not_ready", "default_model": default, "backends": results}
+        body = {"status": "ready" if ready else "not_ready", "default_model": default, "backends": results,
+                "router": request.app.state.resolver.status()}
         return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)

@@ -60,6 +60,12 @@ class ModelResolver:
             cascade = Cascade(cascade_options(config), on_event=self._count_classifier)
         self.cascade = cascade
 
+    def status(self) -> dict[str, Any]:
+        """The router's state for ``/readyz``."""
+        if self.cascade is None:
+            return {"policy": "direct"}
+        return self.cascade.status()
+
     def start(self) -> None:
         """Begin loading the classifiers in the background (called by the app's lifespan)."""
         if self.cascade is not None:

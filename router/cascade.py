@@ -103,6 +103,25 @@ class Cascade:
     def embedding_error(self) -> str | None:
         return self._embedding_error
 
+    def status(self) -> dict[str, Any]:
+        """Each classifier's state, for ``/readyz``: the embedding classifier is ``loading`` while
+        it loads (on a machine's first run that includes training it, about two minutes; requests
+        for ``oracle-council`` wait for it meanwhile), then ``ready`` or ``unavailable: why``."""
+        if self.embedding is not None:
+            embedding = "ready"
+        elif self._embedding_error is not None:
+            embedding = f"unavailable: {self._embedding_error}"
+        elif self._loading is not None and not self._loading.done():
+            embedding = "loading"
+        else:
+            embedding = "not loaded"
+        if self.options.policy == "embedding-only":
+            gemini = "not used (embedding-only)"
+        else:
+            gemini = "ready" if self.gemini is not None else f"unavailable: {self._gemini_error}"
+        return {"policy": self.options.policy, "embedding": embedding, "gemini": gemini,
+                "cached_decisions": len(self.cache)}
+
     # -- deciding --------------------------------------------------------------------------------
     async def classify(self, text: str, *, within: str | None = None) -> RoutingDecision:
         """A classifier's decision for ``text`` (restricted to the oracle ``within``), or NoDecision."""

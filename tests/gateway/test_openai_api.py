@@ -199,3 +199,8 @@ def test_readyz_reports_each_backend(gateway):
     r = httpx.get(gateway.url + "/readyz")
     assert r.status_code == 200
     assert r.json()["backends"]["up"]["ok"] is True
+
+
+def test_readyz_reports_the_router(gateway):
+    assert gateway.app.state.config.router.policy == "direct"
+    assert httpx.get(gateway.url + "/readyz").json()["router"] == {"policy": "direct"}

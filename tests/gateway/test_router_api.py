@@ -70,6 +70,9 @@ def test_embedding_only_routes_oracle_council_and_says_so(upstream):
         metrics = httpx.get(gw.url + "/metrics").text
         assert 'oracle_router_decisions_total{router="embedding",specialist="euclid-asm"} 1.0' in metrics
         assert 'oracle_router_classifier_total{classifier="embedding",outcome="ok"}' in metrics
+        router = httpx.get(gw.url + "/readyz").json()["router"]
+        assert router == {"policy": "embedding-only", "embedding": "ready", "gemini": "not used (embedding-only)",
+                          "cached_decisions": 3}
 
 
 # each failure as the replies it takes: invalid answers are not retried, 429/5xx are (retries = 1)

@@ -43,3 +43,27 @@ async def test_missing_classifier_folder_is_reported_not_raised(tmp_path):
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown policy"):
         CascadeOptions(policy="random")
+
+
+async def test_status_says_what_each_classifier_is_doing(tmp_path, monkeypatch):
+    import threading
+
+    ready = Cascade(CascadeOptions(policy="embedding-only"), embedding=FakeClassifier("seph-tilesmith", task=None))
+    await ready.classify("convert png to 4bpp")
+    assert ready.status() == {"policy": "embedding-only", "embedding": "ready", "gemini": "not used (embedding-only)",
+                              "cached_decisions": 1}
+    broken = Cascade(CascadeOptions(policy="gemini-first", classifier=str(tmp_path / "nothing")))
+    broken.load()
+    status = broken.status()
+    assert status["embedding"].startswith("unavailable: ") and "not a trained classifier" in status["embedding"]
+    assert status["gemini"] == "unavailable: no Gemini API key"
+    broken.close()
+
+    release = threading.Event()  # a classifier that takes its time to load (the first run trains one)
+    slow = Cascade(CascadeOptions(policy="embedding-only"))
+    monkeypatch.setattr(slow, "_load_embedding", lambda: release.wait(10))
+    assert slow.status()["embedding"] == "not loaded"
+    slow.start()
+    assert slow.status()["embedding"] == "loading"
+    release.set()
+    slow.close()
