@@ -10,6 +10,9 @@ Options (``[backends.options]``):
                     max_completion_tokens; default 256
     max_batch_size  how many requests are decoded together; default 16 (1 serves them one at a
                     time, in arrival order)
+    max_waiting     how many more may wait for a place in the batch; beyond that a request is
+                    refused at once with a 503 (retryable: the gateway tries the model's next
+                    deployment or fallback); default 256
 
 ``upstream_model = "base"`` runs the base model with every adapter disabled. Relative paths are
 relative to the config file; ``demo:`` refs are built on first use by ``training.demo``.
@@ -57,7 +60,7 @@ from gateway.errors import (ConfigError, GatewayError, InvalidRequest, UpstreamE
 logger = logging.getLogger(__name__)
 
 BASE = "base"  # the upstream_model name that means "no adapter"
-OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens", "max_batch_size")
+OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens", "max_batch_size", "max_waiting")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Sampling knobs a request may leave out: the model's generation_config fills them, else these.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
@@ -110,6 +113,9 @@ class LocalBackend(Backend):
         max_batch = opts.get("max_batch_size", 16)
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise ConfigError(f"{where}: 'max_batch_size' must be a positive integer")
+        max_waiting = opts.get("max_waiting", 256)
+        if not isinstance(max_waiting, int) or isinstance(max_waiting, bool) or max_waiting < 0:
+            raise ConfigError(f"{where}: 'max_waiting' must be a non-negative integer")
 
         self.base_ref: str = opts["base_model"]
         self.adapter_refs: dict[str, str] = dict(adapters)
@@ -117,6 +123,7 @@ class LocalBackend(Backend):
         self.dtype_option: str = dtype
         self.max_new_tokens: int = max_new
         self.max_batch_size: int = max_batch
+        self.max_waiting: int = max_waiting
 
         self._model: Any = None
         self._tokenizer: Any = None
@@ -322,6 +329,10 @@ class LocalBackend(Backend):
             raise UpstreamUnavailable(f"backend {self.name!r} is shut down", backend=self.name)
         if self._model is None:
             await self.start()
+        if len(self._jobs) >= self.max_batch_size + self.max_waiting:
+            raise UpstreamUnavailable(f"backend {self.name!r} is full: {len(self._jobs)} requests running or waiting "
+                                      f"(max_batch_size {self.max_batch_size} + max_waiting {self.max_waiting})",
+                                      backend=self.name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 

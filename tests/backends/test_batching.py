@@ -194,3 +194,23 @@ async def test_running_and_waiting_requests_are_published_as_gauges(artifacts: d
         assert {state: read() for state, read in gauges.items()} == {"running": 0, "waiting": 0}
     finally:
         await one.aclose()
+
+
+async def test_a_full_backend_refuses_at_once_with_a_retryable_503(artifacts: dict[str, Path],
+                                                                  generated_tokens: list[int]) -> None:
+    small = make_backend(artifacts, max_batch_size=1, max_waiting=1)
+    try:
+        first = asyncio.create_task(reply(small, "base", GFX_PROMPT, max_tokens=300, ignore_eos=True))
+        while generated_tokens[0] == 0:
+            await asyncio.sleep(0.005)
+        second = asyncio.create_task(reply(small, "asm", ASM_PROMPT))
+        while len(small._jobs) < 2:
+            await asyncio.sleep(0.005)
+        with pytest.raises(UpstreamUnavailable, match="is full: 2 requests running or waiting") as err:
+            await reply(small, "gfx", GFX_PROMPT)
+        assert err.value.status_code == 503 and err.value.retryable
+        assert await second == tiny_lm.ASM_SAMPLES[0]["output"]
+        await first
+        assert await reply(small, "asm", ASM_PROMPT) == tiny_lm.ASM_SAMPLES[0]["output"]  # room again
+    finally:
+        await small.aclose()

@@ -293,6 +293,7 @@ async def test_base_only_backend(artifacts: dict[str, Path]) -> None:
     ({"base_model": "x", "max_new_tokens": 0}, "max_new_tokens"),
     ({"base_model": "x", "max_batch_size": 0}, "max_batch_size"),
     ({"base_model": "x", "max_batch_size": True}, "max_batch_size"),
+    ({"base_model": "x", "max_waiting": -1}, "max_waiting"),
 ])
 def test_options_are_validated(options: dict, message: str) -> None:
     spec = BackendSpec(name="local", kind="local", options=options)
