@@ -60,7 +60,7 @@ class TrainConfig:
                                          # ~30% slower; None: on when the planner says the run needs it
                                          # on this GPU (never on CPU)
     attn_implementation: str = "auto"    # "auto": flash_attention_2 if installed on cuda, else sdpa
-    compile: bool = False                # torch.compile the decoder layers (CUDA)
+    compile: bool = False                # torch.compile the decoder layers (pays off on CUDA; works on CPU)
     loss_chunk_tokens: int = 512         # logits are made and freed this many tokens at a time
     # -- reproducibility ------------------------------------------------------------------------
     seed: int = 42                       # LoRA init, dropout and the data order
