@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError, OSError) as exc:
         print(f"oracle-council train: {exc}", file=sys.stderr)
         return 1
-    if not args.quiet:
+    if not args.quiet and outcome.main_process:
         last = f"{outcome.losses[-1]:.4f}" if outcome.losses else "n/a"
         ev = f", eval loss {outcome.eval_losses[-1][1]:.4f}" if outcome.eval_losses else ""
         print(f"{out}: {outcome.steps} steps, final loss {last}{ev}, {outcome.tokens_per_second:,.0f} tokens/s")

@@ -52,6 +52,7 @@ class TrainOutcome:
     tokens: int = 0                                             # tokens processed, padding excluded
     seconds: float = 0.0
     resumed_from: int | None = None
+    main_process: bool = True                                   # False on the other processes of a launch
 
     @property
     def tokens_per_second(self) -> float:
@@ -123,7 +124,12 @@ def train(data: str | Path, base_model: str, specialist: str, output: str | Path
         raise ValueError("--device cuda was asked for but torch sees no CUDA GPU")
     on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and not on_cpu)
-    acc = Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 and not on_cpu else "no")
+    # step_scheduler_with_optimizer=False: our schedule counts optimiser steps of the whole run
+    # (StepPlan already divides the data among processes); by default accelerate would step it
+    # once per process per optimiser step, and with N processes the learning rate would reach its
+    # end after 1/N of the run (seen with 2 processes: the last half trained at lr 0).
+    acc = Accelerator(cpu=on_cpu, mixed_precision="bf16" if bf16 and not on_cpu else "no",
+                      step_scheduler_with_optimizer=False)
     main = acc.is_main_process
     fsdp = acc.distributed_type == DistributedType.FSDP
     say = _reporter(main and not cfg.quiet)
@@ -224,7 +230,7 @@ def train(data: str | Path, base_model: str, specialist: str, output: str | Path
         loss_model.train()
         return float(total[0] / total[1]) if total[1] > 0 else None
 
-    outcome = TrainOutcome(out_dir=out, steps=total_steps, resumed_from=resumed_from)
+    outcome = TrainOutcome(out_dir=out, steps=total_steps, resumed_from=resumed_from, main_process=main)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=start, desc=f"train {specialist}", unit="step",
@@ -237,12 +243,18 @@ def train(data: str | Path, base_model: str, specialist: str, output: str | Path
         batches = [_batch(rows, examples, pad_id, attn, acc.device) for rows in micro]
         step_targets = sum(int((b["targets"] != -100).sum()) for b in batches)
         step_tokens = sum(len(examples[i]) for rows in micro for row in rows for i in row)
+        # The loss is the mean over every reply token of the step, on all processes: DDP and FSDP
+        # average the gradients over the processes, so each scales its sum by N / (all targets).
+        all_targets = step_targets
+        if acc.num_processes > 1:
+            all_targets = int(acc.reduce(torch.tensor(step_targets, device=acc.device), reduction="sum"))
+        scale = acc.num_processes / max(1, all_targets)
         loss_sum = 0.0
         for k, batch in enumerate(batches):
             last = k == len(batches) - 1
             with (acc.no_sync(loss_model) if not last else _nullcontext()):
                 s, _ = loss_model(**batch)
-                acc.backward(s / max(1, step_targets))
+                acc.backward(s * scale)
             loss_sum += float(s.detach())
         if cfg.max_grad_norm:
             acc.clip_grad_norm_(loss_model.parameters(), cfg.max_grad_norm)
