@@ -32,15 +32,23 @@ within one decoding step. A request cancelled while waiting for a place in the b
 Sampling follows the OpenAI API: ``temperature`` (0 = greedy), ``top_p``, ``seed``, ``stop``,
 ``max_tokens`` / ``max_completion_tokens``, plus vLLM's ``top_k``, ``repetition_penalty``,
 ``min_tokens`` and ``ignore_eos``; a knob the request leaves out takes the model's
-``generation_config`` value, else the neutral one. ``tools`` are ignored (the reply is plain
-text), as are ``logprobs``, penalties other than ``repetition_penalty`` and, on /v1/completions,
-``suffix`` (``echo`` works); ``n`` > 1 is refused.
+``generation_config`` value, else the neutral one. ``logprobs``, penalties other than
+``repetition_penalty`` and, on /v1/completions, ``suffix`` are ignored (``echo`` works); ``n`` > 1
+is refused.
+
+Tools. A request's ``tools`` go to the model's chat template (``apply_chat_template(tools=...)``,
+as Qwen2.5's template lists them in its system turn), unless ``tool_choice`` is ``"none"``; the
+history's assistant ``tool_calls`` (arguments as objects) and ``tool`` results go in too. The model
+answers in text (``<tool_call>{...}</tool_call>`` for Qwen), which the gateway turns into native
+``tool_calls`` as for any backend (``gateway/toolcalls.py``). A template that knows no tools
+ignores them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -74,13 +82,14 @@ class _Job:
     """One request as the worker thread sees it."""
 
     adapter: str
-    messages: list[dict[str, str]] | None  # chat: rendered with the chat template
+    messages: list[dict[str, Any]] | None  # chat: rendered with the chat template
     prompt: str | None                     # completions: used as is
     max_new_tokens: int
     min_new_tokens: int
     sampling: dict[str, float | int]       # temperature/top_p/... as sent; empty = greedy
     stop: list[str]
     seed: int | None
+    tools: list[dict[str, Any]] | None = None  # chat: for the chat template
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -319,9 +328,12 @@ class LocalBackend(Backend):
         seed = body.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise InvalidRequest("seed must be an integer", param="seed")
+        tools = body.get("tools") if messages is not None and body.get("tool_choice") != "none" else None
+        if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+            raise InvalidRequest("tools must be a list of tool objects", param="tools")
         return _Job(adapter=model, messages=messages, prompt=prompt, max_new_tokens=max_new,
                     min_new_tokens=min(min_new, max_new), sampling=sampling, stop=[s for s in stop if s],
-                    seed=seed)
+                    seed=seed, tools=tools or None)
 
     async def _events(self, job: _Job) -> AsyncIterator[Event]:
         """Run ``job`` in the engine and yield its events; closing this generator cancels the job."""
@@ -367,7 +379,8 @@ class LocalBackend(Backend):
 
         def tokenize() -> list[int]:
             if job.messages is not None:
-                text = tokenizer.apply_chat_template(job.messages, tokenize=False, add_generation_prompt=True)
+                text = tokenizer.apply_chat_template(job.messages, tools=job.tools, tokenize=False,
+                                                     add_generation_prompt=True)
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
                 ids = tokenizer(job.prompt)["input_ids"]
@@ -441,8 +454,10 @@ class _TextStream:
 
 # -- request helpers --------------------------------------------------------------------------
 
-def _chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    """OpenAI messages as plain {role, content} text; ``developer`` becomes ``system``."""
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAI messages as chat-template input: {role, content} text (``developer`` becomes
+    ``system``), with an assistant's ``tool_calls`` (arguments parsed into objects, as templates
+    print them) and a tool result's ``tool_call_id`` / ``name``."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
@@ -454,8 +469,26 @@ def _chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
                 raise InvalidRequest("the local backend accepts text content only", param="messages")
             content = "".join(part.get("text", "") for part in content)
         role = m.get("role")
-        out.append({"role": "system" if role == "developer" else role, "content": content or ""})
+        message: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": content or ""}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = [_template_call(call) for call in m["tool_calls"]]
+        if role == "tool":
+            message.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k)})
+        out.append(message)
     return out
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as chat templates read it: the arguments an object, not a JSON string."""
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass  # not JSON: the template prints the string
+    return {"type": "function", "id": call.get("id"), "function": {"name": function.get("name"),
+                                                                     "arguments": arguments}}
 
 
 def _completion_prompt(body: dict[str, Any]) -> str:

@@ -214,3 +214,64 @@ async def test_a_full_backend_refuses_at_once_with_a_retryable_503(artifacts: di
         assert await reply(small, "asm", ASM_PROMPT) == tiny_lm.ASM_SAMPLES[0]["output"]  # room again
     finally:
         await small.aclose()
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+# A ChatML template that lists the tools in a system turn and prints tool calls and results the
+# way Qwen2.5's template does (written for this test; the tiny base's own template knows no tools).
+TOOLS_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools you may call:\n"
+    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n"
+    "Answer a call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.<|im_end|>\n{% endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant"
+    "{%- for call in message.tool_calls %}\n<tool_call>{\"name\": \"{{ call.function.name }}\", "
+    "\"arguments\": {{ call.function.arguments | tojson }}}</tool_call>{%- endfor %}<|im_end|>\n"
+    "{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>{{ message.content }}</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+TOOL = {"type": "function", "function": {"name": "list_sprites", "description": "Sprites of a dungeon room",
+                                         "parameters": {"type": "object", "properties": {"room": {"type": "string"}}}}}
+
+
+async def test_tools_and_the_tool_history_reach_the_chat_template(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from gateway.backends.local import _chat_messages
+
+    base = tmp_path / "tools-base"
+    shutil.copytree(artifacts["base"], base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.chat_template = TOOLS_TEMPLATE
+    tokenizer.save_pretrained(base)
+    tooled = make_backend(artifacts, base_model=str(base), adapters={})
+    await tooled.start()
+    body = {"tools": [TOOL], "messages": [
+        {"role": "user", "content": "Which sprites are in room 0x12?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "list_sprites", "arguments": "{\"room\": \"0x12\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Stalfos, Keese"}]}
+
+    def rendered(request: dict) -> str:
+        job = tooled._job(request, "base", messages=_chat_messages(request))
+        return tooled._tokenizer.decode(tooled._sequence(job, lambda event: None).tokenize())
+
+    try:
+        text = rendered(body)
+        assert "Tools you may call:" in text and '"name": "list_sprites"' in text and "Sprites of a dungeon room" in text
+        # the earlier call, its arguments an object (not a JSON string inside a string), and its result
+        assert '<tool_call>{"name": "list_sprites", "arguments": {"room": "0x12"}}</tool_call>' in text
+        assert "<tool_response>Stalfos, Keese</tool_response>" in text
+        assert text.endswith("<|im_start|>assistant\n")
+        assert "Tools you may call" not in rendered({**body, "tool_choice": "none"})
+        assert "Tools you may call" not in rendered({"messages": body["messages"][:1]})
+        out = await tooled.chat({**body, "max_tokens": 4, "temperature": 0}, "base")  # it generates from it
+        assert out["usage"]["prompt_tokens"] == len(tooled._tokenizer(text, add_special_tokens=False)["input_ids"])
+    finally:
+        await tooled.aclose()
