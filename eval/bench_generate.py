@@ -27,13 +27,14 @@ median is reported. Both peft and our engine run off the main thread, as in the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from eval.benchrun import BenchError, finish
 
 SHAPES = {
     "qwen1.5b": {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
@@ -62,27 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 def run(args: argparse.Namespace) -> int:
     if min(args.adapters, args.rank, args.batch, args.prompt_len, args.new_tokens, args.repeats) < 1:
         print("oracle-council bench generate: --adapters, --rank, --batch, --prompt-len, --new-tokens and "
               "--repeats must be positive", file=sys.stderr)
         return 2
-    try:
-        results = bench(args)
-    except BenchError as exc:
-        print(f"oracle-council bench generate: {exc}", file=sys.stderr)
-        return 2
-    print(report(results))
-    if args.json:
-        path = Path(args.json)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    return 0
+    return finish("generate", args, bench, report)
 
 
 def _build(args: argparse.Namespace, device: str, dtype, folder: Path):

@@ -29,10 +29,10 @@ design.md §5 uses). Peak memory is ``torch.cuda.max_memory_allocated`` per loop
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
+
+from eval.benchrun import BenchError, finish
 
 GIB = 1024 ** 3
 GOAL_TOKENS_PER_S = 55_000
@@ -65,22 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        results = bench(args)
-    except BenchError as exc:
-        print(f"oracle-council bench train: {exc}", file=sys.stderr)
-        return 2
-    print(report(results))
-    if args.json:
-        path = Path(args.json)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    return 0
-
-
-class BenchError(RuntimeError):
-    pass
+    return finish("train", args, bench, report)
 
 
 def _config(shape: str):

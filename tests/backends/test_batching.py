@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,20 @@ async def test_tools_and_the_tool_history_reach_the_chat_template(artifacts: dic
         assert out["usage"]["prompt_tokens"] == len(tooled._tokenizer(text, add_special_tokens=False)["input_ids"])
     finally:
         await tooled.aclose()
+
+
+def test_bench_generate_cpu_smoke(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from gateway.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "generate", "--shape", "tiny", "--device", "cpu", "--batch", "4", "--prompt-len", "8",
+                 "--new-tokens", "4", "--repeats", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mixed / one adapter: ours" in text and "peft" in text
+    r = json.loads(out.read_text())
+    assert set(r["runs"]) == {"peft, one adapter", "peft, mixed", "ours, one adapter", "ours, mixed",
+                              "ours, one at a time"}
+    assert all(v > 0 for v in r["tokens_per_s"].values()) and r["mixed_over_one"]["ours"] > 0
+    assert main(["bench", "generate", "--batch", "0"]) == 2
+    assert main(["bench", "generate", "--device", "cuda"]) == 2 or torch.cuda.is_available()
+    assert "no CUDA device" in capsys.readouterr().err or torch.cuda.is_available()
