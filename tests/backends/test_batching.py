@@ -293,3 +293,60 @@ def test_bench_generate_cpu_smoke(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert main(["bench", "generate", "--batch", "0"]) == 2
     assert main(["bench", "generate", "--device", "cuda"]) == 2 or torch.cuda.is_available()
     assert "no CUDA device" in capsys.readouterr().err or torch.cuda.is_available()
+
+
+async def test_a_storm_of_mixed_requests(artifacts: dict[str, Path]) -> None:
+    """Forty requests at random moments, a small batch (so some wait): adapters, lengths, stop
+    strings, seeded sampling, streams dropped part-way and requests cancelled. Every request that
+    ends gives what it gives alone; the dropped ones leave nothing behind."""
+    import random
+
+    rng = random.Random(1234)
+    storm = make_backend(artifacts, max_batch_size=4)
+    prompts = [s["instruction"] for s in tiny_lm.ASM_SAMPLES[:3] + tiny_lm.GFX_SAMPLES[:3]]
+    requests = []
+    for i in range(40):
+        body = chat_body(rng.choice(prompts), max_tokens=rng.randint(1, 40))
+        if rng.random() < 0.4:
+            body["ignore_eos"] = True
+        if rng.random() < 0.2:
+            body["stop"] = [rng.choice(["LDA", "tile", "$7E", ". "])]
+        if rng.random() < 0.3:
+            body.update(temperature=1.2, top_p=0.9, seed=i)
+        fate = rng.choice(["whole", "whole", "stream", "drop", "cancel"])
+        requests.append((rng.choice(["asm", "gfx", "base"]), body, fate, rng.random() * 0.3))
+
+    async def one(model: str, body: dict, fate: str, delay: float) -> str | None:
+        await asyncio.sleep(delay)
+        if fate == "whole":
+            return (await storm.chat(body, model))["choices"][0]["message"]["content"]
+        if fate == "cancel":
+            task = asyncio.create_task(storm.chat(body, model))
+            await asyncio.sleep(rng.random() * 0.05)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+        parts = []
+        async with contextlib.aclosing(storm.stream_chat(body, model)) as stream:
+            async for chunk in stream:
+                if chunk["choices"]:
+                    parts.append(chunk["choices"][0]["delta"].get("content") or "")
+                if fate == "drop" and len(parts) >= 3:
+                    return None
+        return "".join(parts)
+
+    try:
+        results = await asyncio.gather(*(one(*r) for r in requests))
+        for (model, body, fate, _), got in zip(requests, results):
+            if got is not None:
+                assert got == (await storm.chat(body, model))["choices"][0]["message"]["content"], (model, body)
+        assert sum(r is not None for r in results) >= 20
+        assert storm._engine.peak_batch == 4
+        for _ in range(100):  # the engine retires a dropped request at its next step
+            if storm._engine.counts() == {"running": 0, "waiting": 0}:
+                break
+            await asyncio.sleep(0.01)
+        assert storm._engine.counts() == {"running": 0, "waiting": 0} and not storm._jobs
+    finally:
+        await storm.aclose()
