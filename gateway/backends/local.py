@@ -33,8 +33,8 @@ Sampling follows the OpenAI API: ``temperature`` (0 = greedy), ``top_p``, ``seed
 ``max_tokens`` / ``max_completion_tokens``, plus vLLM's ``top_k``, ``repetition_penalty``,
 ``min_tokens`` and ``ignore_eos``; a knob the request leaves out takes the model's
 ``generation_config`` value, else the neutral one. ``logprobs``, penalties other than
-``repetition_penalty`` and, on /v1/completions, ``suffix`` are ignored (``echo`` works); ``n`` > 1
-is refused.
+``repetition_penalty`` and, on /v1/completions, ``suffix`` are ignored (``echo`` works). ``n``
+(up to 16) runs n sequences in the batch, choice i sampling with ``seed`` + i when a seed is given.
 
 Tools. A request's ``tools`` go to the model's chat template (``apply_chat_template(tools=...)``,
 as Qwen2.5's template lists them in its system turn), unless ``tool_choice`` is ``"none"``; the
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -68,6 +69,7 @@ from gateway.errors import (ConfigError, GatewayError, InvalidRequest, UpstreamE
 logger = logging.getLogger(__name__)
 
 BASE = "base"  # the upstream_model name that means "no adapter"
+MAX_CHOICES = 16  # the most choices (n) one request may ask for
 OPTIONS = ("base_model", "adapters", "device", "dtype", "max_new_tokens", "max_batch_size", "max_waiting")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Sampling knobs a request may leave out: the model's generation_config fills them, else these.
@@ -232,82 +234,153 @@ class LocalBackend(Backend):
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         self._tokenizer, self._device, self._context = tokenizer, device, context
         self._adapter_index = {BASE: 0, **{name: k + 1 for k, name in enumerate(self.adapter_refs)}}
-        self._model = model
 
         from gateway.backends.batching import Engine
 
         self._engine = Engine(model, rows, device=device, eos=self._eos, pad=self._pad, context=context,
                               max_batch=self.max_batch_size, name=self.name)
+        self._model = model  # last: a request that sees the model finds everything else in place
 
     # -- the OpenAI surface -------------------------------------------------------------------
 
     async def chat(self, body: dict[str, Any], model: str) -> dict[str, Any]:
-        job = self._job(body, model, messages=_chat_messages(body))
-        text, finish, prompt_tokens, completion_tokens = await _collect(self._events(job))
-        return chat_completion(model=model, content=text, finish_reason=finish,
-                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        jobs = self._jobs_for(body, model, messages=_chat_messages(body))
+        texts, finishes, prompt_tokens, completion_tokens = await self._collect(jobs)
+        out = chat_completion(model=model, content=texts[0], finish_reason=finishes[0],
+                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        out["choices"] = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                           "finish_reason": finish} for i, (text, finish) in enumerate(zip(texts, finishes))]
+        return out
 
     async def stream_chat(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
-        job = self._job(body, model, messages=_chat_messages(body))
+        jobs = self._jobs_for(body, model, messages=_chat_messages(body))
         id_, created = completion_id(), int(time.time())
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return chat_chunk(id=id_, model=model, created=created, delta=delta, finish_reason=finish)
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            out = chat_chunk(id=id_, model=model, created=created, delta=delta, finish_reason=finish)
+            out["choices"][0]["index"] = index
+            return out
 
-        async with contextlib.aclosing(self._events(job)) as events:
-            async for event in events:
+        prompt_tokens = completion_tokens = 0
+        async with contextlib.aclosing(self._merged(jobs)) as events:
+            async for index, event in events:
                 if event[0] == "start":
                     prompt_tokens = event[1]
-                    yield chunk({"role": "assistant", "content": ""})
+                    yield chunk(index, {"role": "assistant", "content": ""})
                 elif event[0] == "text":
-                    yield chunk({"content": event[1]})
+                    yield chunk(index, {"content": event[1]})
                 else:
-                    yield chunk({}, event[1])
-                    if wants_usage(body):
-                        yield {**chunk({}), "choices": [], "usage": usage(prompt_tokens, event[2])}
+                    completion_tokens += event[2]
+                    yield chunk(index, {}, event[1])
+        if wants_usage(body):
+            yield {**chunk(0, {}), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
     async def completion(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         prompt = _completion_prompt(body)
-        job = self._job(body, model, prompt=prompt)
-        text, finish, prompt_tokens, completion_tokens = await _collect(self._events(job))
+        jobs = self._jobs_for(body, model, prompt=prompt)
+        texts, finishes, prompt_tokens, completion_tokens = await self._collect(jobs)
         if body.get("echo"):
-            text = prompt + text
-        return text_completion(model=model, text=text, finish_reason=finish,
-                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            texts = [prompt + text for text in texts]
+        out = text_completion(model=model, text=texts[0], finish_reason=finishes[0],
+                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        out["choices"] = [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+                          for i, (text, finish) in enumerate(zip(texts, finishes))]
+        return out
 
     async def stream_completion(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         prompt = _completion_prompt(body)
-        job = self._job(body, model, prompt=prompt)
+        jobs = self._jobs_for(body, model, prompt=prompt)
         id_, created = completion_id("cmpl"), int(time.time())
 
-        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-            return text_completion(model=model, text=text, finish_reason=finish, prompt_tokens=0,
-                                   completion_tokens=0, id=id_, created=created, chunk=True)
+        def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+            out = text_completion(model=model, text=text, finish_reason=finish, prompt_tokens=0,
+                                  completion_tokens=0, id=id_, created=created, chunk=True)
+            out["choices"][0]["index"] = index
+            return out
 
-        async with contextlib.aclosing(self._events(job)) as events:
-            async for event in events:
+        prompt_tokens = completion_tokens = 0
+        async with contextlib.aclosing(self._merged(jobs)) as events:
+            async for index, event in events:
                 if event[0] == "start":
                     prompt_tokens = event[1]
                     if body.get("echo"):
-                        yield chunk(prompt)
+                        yield chunk(index, prompt)
                 elif event[0] == "text":
-                    yield chunk(event[1])
+                    yield chunk(index, event[1])
                 else:
-                    yield chunk("", event[1])
-                    if wants_usage(body):
-                        yield {**chunk(""), "choices": [], "usage": usage(prompt_tokens, event[2])}
+                    completion_tokens += event[2]
+                    yield chunk(index, "", event[1])
+        if wants_usage(body):
+            yield {**chunk(0, ""), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
     # -- requests → jobs → events -------------------------------------------------------------
 
-    def _job(self, body: dict[str, Any], model: str, *, messages: list[dict[str, str]] | None = None,
+    def _jobs_for(self, body: dict[str, Any], model: str, *, messages: list[dict[str, Any]] | None = None,
+                  prompt: str | None = None) -> list[_Job]:
+        """One job per choice (``n``); with a ``seed``, choice i samples with seed + i."""
+        n = body.get("n")
+        n = 1 if n is None else n
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
+            raise InvalidRequest(f"n must be an integer from 1 to {MAX_CHOICES}", param="n")
+        job = self._job(body, model, messages=messages, prompt=prompt)
+        return [job] + [dataclasses.replace(job, seed=None if job.seed is None else job.seed + i,
+                                            cancelled=threading.Event()) for i in range(1, n)]
+
+    async def _merged(self, jobs: list[_Job]) -> AsyncIterator[tuple[int, Event]]:
+        """The jobs' events as (choice index, event), in the order they come; closing this
+        generator (or one job failing) ends every job."""
+        if len(jobs) == 1:
+            async with contextlib.aclosing(self._events(jobs[0])) as events:
+                async for event in events:
+                    yield 0, event
+            return
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+        async def pump(index: int, job: _Job) -> None:
+            try:
+                async with contextlib.aclosing(self._events(job)) as events:
+                    async for event in events:
+                        queue.put_nowait((index, event))
+            except Exception as exc:  # a GatewayError, or the backend shutting down
+                queue.put_nowait((index, ("error", exc)))
+
+        tasks = [asyncio.create_task(pump(i, job)) for i, job in enumerate(jobs)]
+        try:
+            ended = 0
+            while ended < len(jobs):
+                index, event = await queue.get()
+                if event[0] == "error":
+                    raise event[1]
+                yield index, event
+                ended += event[0] == "end"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, jobs: list[_Job]) -> tuple[list[str], list[str], int, int]:
+        """Run the jobs to the end: (texts, finish reasons, prompt tokens, completion tokens of all)."""
+        parts: list[list[str]] = [[] for _ in jobs]
+        finishes = [""] * len(jobs)
+        prompt_tokens = completion_tokens = 0
+        async with contextlib.aclosing(self._merged(jobs)) as events:
+            async for index, event in events:
+                if event[0] == "start":
+                    prompt_tokens = event[1]
+                elif event[0] == "text":
+                    parts[index].append(event[1])
+                else:
+                    finishes[index] = event[1]
+                    completion_tokens += event[2]
+        return ["".join(p) for p in parts], finishes, prompt_tokens, completion_tokens
+
+    def _job(self, body: dict[str, Any], model: str, *, messages: list[dict[str, Any]] | None = None,
              prompt: str | None = None) -> _Job:
         """Validate a request (before anything is queued or sent) and describe it for the worker."""
         if model != BASE and model not in self.adapter_refs:
             known = ", ".join([BASE, *self.adapter_refs])
             raise UpstreamStatusError(f"backend {self.name!r} has no adapter {model!r}; it serves: {known}. "
                                       "Check upstream_model in the config.", upstream_status=404, backend=self.name)
-        if (body.get("n") or 1) != 1:
-            raise InvalidRequest("the local backend generates one choice per request; set n to 1", param="n")
         max_new = next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
                        self.max_new_tokens)
         if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
@@ -339,7 +412,7 @@ class LocalBackend(Backend):
         """Run ``job`` in the engine and yield its events; closing this generator cancels the job."""
         if self._closed:
             raise UpstreamUnavailable(f"backend {self.name!r} is shut down", backend=self.name)
-        if self._model is None:
+        if self._model is None:  # set last by _load
             await self.start()
         if len(self._jobs) >= self.max_batch_size + self.max_waiting:
             raise UpstreamUnavailable(f"backend {self.name!r} is full: {len(self._jobs)} requests running or waiting "
@@ -498,21 +571,6 @@ def _completion_prompt(body: dict[str, Any]) -> str:
     if not isinstance(prompt, str):
         raise InvalidRequest("prompt must be a string (one prompt per request on the local backend)", param="prompt")
     return prompt
-
-
-async def _collect(events: AsyncIterator[Event]) -> tuple[str, str, int, int]:
-    """Drain a job's events: (text, finish_reason, prompt_tokens, completion_tokens)."""
-    parts: list[str] = []
-    prompt_tokens = 0
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if event[0] == "start":
-                prompt_tokens = event[1]
-            elif event[0] == "text":
-                parts.append(event[1])
-            else:
-                return "".join(parts), event[1], prompt_tokens, event[2]
-    raise AssertionError("a job's events always end with 'end' or raise")
 
 
 def _as_gateway_error(exc: BaseException, backend: str) -> BaseException:

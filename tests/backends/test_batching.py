@@ -350,3 +350,55 @@ async def test_a_storm_of_mixed_requests(artifacts: dict[str, Path]) -> None:
         assert storm._engine.counts() == {"running": 0, "waiting": 0} and not storm._jobs
     finally:
         await storm.aclose()
+
+
+# -- n choices -----------------------------------------------------------------------------------
+
+async def test_n_choices_run_in_one_batch(backend: LocalBackend) -> None:
+    alone = await backend.chat(chat_body(ASM_PROMPT), "asm")
+    out = await backend.chat(chat_body(ASM_PROMPT, n=3), "asm")
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    assert {c["message"]["content"] for c in out["choices"]} == {tiny_lm.ASM_SAMPLES[0]["output"]}  # greedy
+    assert all(c["finish_reason"] == "stop" for c in out["choices"])
+    assert out["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"]
+    assert out["usage"]["completion_tokens"] == 3 * alone["usage"]["completion_tokens"]
+
+    sampled = {"temperature": 1.3, "max_tokens": 16, "ignore_eos": True, "seed": 5}
+    three = await backend.chat(chat_body(GFX_PROMPT, n=3, **sampled), "base")
+    texts = [c["message"]["content"] for c in three["choices"]]
+    assert len(set(texts)) == 3  # choice i samples with seed + i ...
+    for i, text in enumerate(texts):  # ... so each is the single request with that seed
+        assert await reply(backend, "base", GFX_PROMPT, **{**sampled, "seed": 5 + i}) == text
+
+
+async def test_n_choices_stream_interleaved_by_index(backend: LocalBackend) -> None:
+    body = chat_body(GFX_PROMPT, n=2, temperature=1.3, max_tokens=12, ignore_eos=True, seed=9,
+                     stream_options={"include_usage": True})
+    whole = await backend.chat(body, "gfx")
+    chunks = [c async for c in backend.stream_chat(body, "gfx")]
+    texts = {0: "", 1: ""}
+    for c in chunks[:-1]:
+        (choice,) = c["choices"]
+        texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert [texts[0], texts[1]] == [c["message"]["content"] for c in whole["choices"]]
+    finals = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["finish_reason"]]
+    assert sorted(f["index"] for f in finals) == [0, 1] and {f["finish_reason"] for f in finals} == {"length"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    completions = await backend.completion({"prompt": "LDA.l $7EF36C", "n": 2, "temperature": 0, "max_tokens": 6,
+                                            "ignore_eos": True, "echo": True}, "asm")
+    assert [c["index"] for c in completions["choices"]] == [0, 1]
+    assert completions["choices"][0]["text"] == completions["choices"][1]["text"]
+    assert completions["choices"][0]["text"].startswith("LDA.l $7EF36C")
+
+
+async def test_closing_an_n_stream_ends_every_choice(backend: LocalBackend, generated_tokens: list[int]) -> None:
+    stream = backend.stream_chat(chat_body(GFX_PROMPT, n=3, max_tokens=1500, ignore_eos=True), "base")
+    for _ in range(6):
+        await stream.__anext__()
+    await stream.aclose()
+    for _ in range(200):
+        if backend._engine.counts()["running"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert backend._engine.counts() == {"running": 0, "waiting": 0} and not backend._jobs
+    assert generated_tokens[0] < 3 * 100

@@ -254,8 +254,9 @@ async def test_unknown_adapter_is_a_404_naming_the_known_ones(backend: LocalBack
 
 
 async def test_invalid_requests(backend: LocalBackend) -> None:
-    with pytest.raises(InvalidRequest, match="n to 1"):
-        await backend.chat(chat_body("hi", n=2), "asm")
+    for n in (0, 17, 1.5, True):
+        with pytest.raises(InvalidRequest, match="n must be an integer from 1 to 16"):
+            await backend.chat(chat_body("hi", n=n), "asm")
     with pytest.raises(InvalidRequest, match="max_tokens"):
         await backend.chat(chat_body("hi", max_tokens=-1), "asm")
     with pytest.raises(InvalidRequest, match="at most"):  # longer than the model's 2048 positions
