@@ -90,3 +90,18 @@ async def test_concurrent_requests_for_different_adapters_through_both_apis(loca
         # Ollama's num_predict without ignore_eos may stop at the end of sequence: a prefix of the
         # fixed-length reply, never anything else
         assert reply.message.content and expected.startswith(reply.message.content)
+
+
+@pytest.mark.slow
+def test_n_choices_through_the_openai_sdk(local_gateway):
+    with openai.OpenAI(base_url=local_gateway.v1, api_key="x", max_retries=0, timeout=120) as client:
+        params = {"model": "master-sword", "messages": [{"role": "user", "content": GFX_PROMPT}], "n": 3,
+                  "max_tokens": 16, "temperature": 1.3, "seed": 21, "extra_body": {"ignore_eos": True}}
+        whole = client.chat.completions.create(**params)
+        assert [c.index for c in whole.choices] == [0, 1, 2] and len({c.message.content for c in whole.choices}) == 3
+        assert whole.usage.completion_tokens == 3 * 16
+        texts = ["", "", ""]
+        for chunk in client.chat.completions.create(stream=True, **params):
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+        assert texts == [c.message.content for c in whole.choices]
