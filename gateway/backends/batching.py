@@ -258,7 +258,8 @@ class Engine:
             seq.on_error(gone)
 
     def _take(self, block: bool) -> bool:
-        """Move submitted sequences to the waiting line; False once closing."""
+        """Move submitted sequences to the waiting line, and drop those cancelled while waiting
+        (they never start); False once closing."""
         try:
             item = self._inbox.get() if block else self._inbox.get_nowait()
             while True:
@@ -267,7 +268,10 @@ class Engine:
                 self._waiting.extend(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
-            return not self._closing
+            pass
+        if any(seq.cancelled.is_set() for seq in self._waiting):
+            self._waiting = collections.deque(seq for seq in self._waiting if not seq.cancelled.is_set())
+        return not self._closing
 
     def _admit(self) -> list[Sequence]:
         admitted: list[Sequence] = []
@@ -342,24 +346,24 @@ class Engine:
     def _advance(self, seqs: list[Sequence], tokens: list[int]) -> None:
         """Hand each sequence its new token; retire the finished and the cancelled."""
         done = set()
+        ended: list[tuple[Sequence, str]] = []
         for seq, token in zip(seqs, tokens):
             if seq.cancelled.is_set():
                 done.add(id(seq))
                 continue
             seq.ids.append(token)
             seq.generated += 1
-            finish = None
             if token in self.eos or seq.on_token(token):  # end of sequence, or a stop string
-                finish = "stop"
+                ended.append((seq, "stop"))
             elif seq.generated >= seq.max_new:
-                finish = "length"
-            if finish is not None:
-                seq.on_end(finish, seq.generated)
-                done.add(id(seq))
+                ended.append((seq, "length"))
+        done.update(id(seq) for seq, _ in ended)
         if done:
             keep = [i for i, s in enumerate(self._running) if id(s) not in done]
             if len(keep) < len(self._running):
                 self._select(keep)
+        for seq, finish in ended:  # after the batch let them go: what a client sees ended has left it
+            seq.on_end(finish, seq.generated)
 
     def _merge(self, new: list[Sequence], cache: Any, mask: Any) -> None:
         """Append the prefilled rows to the batch, padding whichever side is shorter on the left."""
