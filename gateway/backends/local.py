@@ -76,12 +76,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
 Event = tuple  # ("start", prompt_tokens) | ("text", str) | ("end", finish_reason, completion_tokens)
-               # | ("error", exception): what the worker thread hands the event loop
+               # | ("error", exception): what the engine thread hands the event loop
 
 
-@dataclass(eq=False)  # identity semantics: jobs live in a set
+@dataclass(eq=False)  # identity semantics: jobs are dict keys
 class _Job:
-    """One request as the worker thread sees it."""
+    """One request (one choice of it), validated, before the engine turns it into a Sequence."""
 
     adapter: str
     messages: list[dict[str, Any]] | None  # chat: rendered with the chat template
@@ -376,7 +376,7 @@ class LocalBackend(Backend):
 
     def _job(self, body: dict[str, Any], model: str, *, messages: list[dict[str, Any]] | None = None,
              prompt: str | None = None) -> _Job:
-        """Validate a request (before anything is queued or sent) and describe it for the worker."""
+        """Validate a request (before anything is queued or sent) and describe it for the engine."""
         if model != BASE and model not in self.adapter_refs:
             known = ", ".join([BASE, *self.adapter_refs])
             raise UpstreamStatusError(f"backend {self.name!r} has no adapter {model!r}; it serves: {known}. "
