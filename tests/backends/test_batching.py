@@ -20,8 +20,7 @@ from gateway.backends.batching import UnsupportedAdapter, install_multi_lora
 from gateway.backends.local import LocalBackend
 from gateway.errors import UpstreamError, UpstreamUnavailable
 from tests import tiny_lm
-from tests.backends.test_local import (ASM_PROMPT, GFX_PROMPT, artifacts, backend, chat_body,  # noqa: F401
-                                       generated_tokens, make_backend, reply)
+from tests.backends.localkit import ASM_PROMPT, GFX_PROMPT, chat_body, make_backend, reply
 
 
 def load_peft(artifacts: dict[str, Path]) -> Any:

@@ -9,78 +9,16 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from gateway.backends import create_backend
-from gateway.backends.local import LocalBackend, _TextStream
+from gateway.backends.local import LocalBackend
 from gateway.config import BackendSpec, GatewayConfig
 from gateway.errors import ConfigError, InvalidRequest, UpstreamStatusError
 from tests import tiny_lm
-
-ASM_PROMPT = tiny_lm.ASM_SAMPLES[0]["instruction"]
-GFX_PROMPT = tiny_lm.GFX_SAMPLES[1]["instruction"]
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("local")
-    base = tiny_lm.build_base(root / "base")
-    return {"base": base,
-            "asm": tiny_lm.train(base, tiny_lm.ASM_SAMPLES, root / "asm"),
-            "gfx": tiny_lm.train(base, tiny_lm.GFX_SAMPLES, root / "gfx")}
-
-
-def make_backend(artifacts: dict[str, Path], **options: Any) -> LocalBackend:
-    options = {"base_model": str(artifacts["base"]), "device": "cpu", "max_new_tokens": 48,
-               "adapters": {"asm": str(artifacts["asm"]), "gfx": str(artifacts["gfx"])}, **options}
-    spec = BackendSpec(name="local", kind="local", options=options)
-    backend = create_backend(spec, GatewayConfig(backends=[spec]))
-    assert isinstance(backend, LocalBackend)
-    return backend
-
-
-@pytest.fixture(scope="module")
-def backend(artifacts: dict[str, Path]) -> Iterator[LocalBackend]:
-    # Module-wide (loading costs a second); the backend keeps no event-loop state, so each
-    # test's own loop may use it.
-    b = make_backend(artifacts)
-    yield b
-    asyncio.run(b.aclose())
-
-
-def chat_body(prompt: str, **extra: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": prompt}], "temperature": 0, **extra}
-
-
-async def reply(backend: LocalBackend, model: str, prompt: str, **extra: Any) -> str:
-    out = await backend.chat(chat_body(prompt, **extra), model)
-    return out["choices"][0]["message"]["content"]
-
-
-async def streamed(backend: LocalBackend, model: str, prompt: str, **extra: Any) -> tuple[str, list[dict]]:
-    chunks = [c async for c in backend.stream_chat(chat_body(prompt, **extra), model)]
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]), chunks
-
-
-@pytest.fixture
-def generated_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts every token any generation produces, end-of-sequence tokens aside (a spy on the
-    text stream)."""
-    seen = [0]
-    push = _TextStream.push
-
-    def counting_push(self: _TextStream, token: int) -> bool:
-        seen[0] += 1
-        return push(self, token)
-
-    monkeypatch.setattr(_TextStream, "push", counting_push)
-    return seen
-
+from tests.backends.localkit import ASM_PROMPT, GFX_PROMPT, chat_body, make_backend, reply, streamed
 
 # -- what the adapters say --------------------------------------------------------------------
 
