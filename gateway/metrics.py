@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oracle_council.access")
 
+UNKNOWN_MODEL = "(unknown)"  # the model label of a name the registry does not know
 _ROUTER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-UNKNOWN_MODEL = "(unknown)"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
