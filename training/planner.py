@@ -195,6 +195,17 @@ def estimate(p: PlanInput, gpu_memory_gib: float = 16.0) -> Plan:
     return Plan(components, total, gpu_memory_gib, total <= gpu_memory_gib * GIB, detail)
 
 
+def plan_input(shape: Shape, config, *, optimizer_bits: int | None = None, loop: str = "ours",
+               num_gpus: int = 1) -> PlanInput:
+    """The planner's view of a ``TrainConfig`` (checkpointing left to the caller when it is auto)."""
+    bits = optimizer_bits or (8 if config.optimizer == "adamw8bit" else 32)
+    return PlanInput(shape=shape, rank=config.rank, target_modules=config.target_modules,
+                     batch_size=config.batch_size, seq_len=config.max_seq_len, load_in_4bit=config.load_in_4bit,
+                     optimizer_bits=bits, gradient_checkpointing=bool(config.gradient_checkpointing),
+                     loss_chunk_tokens=config.loss_chunk_tokens, dropout=config.dropout > 0, loop=loop,
+                     padded=loop == "plain", num_gpus=num_gpus)
+
+
 def auto_checkpointing(p: PlanInput, gpu_memory_gib: float) -> tuple[bool, str]:
     """What ``gradient_checkpointing = None`` (auto) becomes for this run on this card: off when
     the run fits without it, else on (the less memory of the two, fitting or not); and why."""
@@ -239,15 +250,10 @@ def run_plan(args: argparse.Namespace, config) -> int:
     except (OSError, ValueError) as exc:
         print(f"oracle-council train --plan: {exc}", file=sys.stderr)
         return 2
-    bits = int(args.optimizer_bits) if args.optimizer_bits else (8 if config.optimizer == "adamw8bit" else 32)
     auto_note = None
     try:
-        p = PlanInput(shape=shape, rank=config.rank, target_modules=config.target_modules,
-                      batch_size=config.batch_size, seq_len=config.max_seq_len,
-                      load_in_4bit=config.load_in_4bit, optimizer_bits=bits,
-                      gradient_checkpointing=bool(config.gradient_checkpointing),
-                      loss_chunk_tokens=config.loss_chunk_tokens, dropout=config.dropout > 0,
-                      loop=args.plan_loop, padded=args.plan_loop == "plain", num_gpus=args.num_gpus)
+        p = plan_input(shape, config, optimizer_bits=int(args.optimizer_bits) if args.optimizer_bits else None,
+                       loop=args.plan_loop, num_gpus=args.num_gpus)
         if config.gradient_checkpointing is None:  # what `train` would choose on this card
             checkpointing, auto_note = auto_checkpointing(p, args.gpu_memory)
             p = replace(p, gradient_checkpointing=checkpointing)

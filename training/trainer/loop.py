@@ -316,17 +316,14 @@ def _auto_checkpointing(cfg: TrainConfig, base_model: str, acc, fsdp: bool) -> t
 
     if acc.device.type != "cuda":
         return False, "gradient checkpointing off (auto: not on a GPU)"
-    from training.planner import GIB, PlanInput, auto_checkpointing, shape_from_config
+    from training.planner import GIB, auto_checkpointing, plan_input, shape_from_config
 
     try:
         shape = shape_from_config(base_model)
     except (OSError, ValueError, KeyError) as exc:
         return False, f"gradient checkpointing off (auto: the planner cannot read {base_model}'s shape: {exc})"
     memory = torch.cuda.get_device_properties(acc.device).total_memory / GIB
-    plan = PlanInput(shape=shape, rank=cfg.rank, target_modules=cfg.target_modules, batch_size=cfg.batch_size,
-                     seq_len=cfg.max_seq_len, load_in_4bit=cfg.load_in_4bit,
-                     optimizer_bits=8 if cfg.optimizer == "adamw8bit" else 32, loss_chunk_tokens=cfg.loss_chunk_tokens,
-                     dropout=cfg.dropout > 0, num_gpus=acc.num_processes if fsdp else 1)
+    plan = plan_input(shape, cfg, num_gpus=acc.num_processes if fsdp else 1)
     return auto_checkpointing(plan, memory)
 
 
